@@ -1,0 +1,331 @@
+"""Streaming submission, idempotent ids, resume and status.
+
+Layout in the store::
+
+    inputs/<sha256>.<ext>                 content-addressed input images
+    runs/<batch>/batch.json               spec, inputs, chunk size, created
+    runs/<batch>/chunks/<n>.json          the ids submitted in chunk n (the ledger)
+    runs/<batch>/results/<id>.json        one result record per item: "done" is a file
+    runs/<batch>/images/<id>-<k>.png      generated images
+
+Status, results and resume are derived from the store, never from Redis.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlparse
+
+from orchestrator.inputs import InputItem, iter_inputs
+from workers.settings import get_settings
+from workers.spec import PipelineSpec
+from workers.storage import OutsideStoreError, S3Store, StoreError, open_store
+
+
+class BatchError(RuntimeError):
+    """A problem with a batch as a whole (exists already, unknown, …)."""
+
+
+def _sha(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def item_id(content: str, spec_fp: str, item: InputItem) -> str:
+    """Deterministic: the same content and stage spec always give the same id."""
+    return _sha(content, spec_fp, item.questions, item.edit)
+
+
+# --- staging: inputs -> items in the store -------------------------------------------------
+def _fetch_http(url: str) -> bytes:
+    s = get_settings()
+    host = urlparse(url).hostname or ""
+    if host not in s.http_allow_hosts:
+        raise _Bad("disallowed_host", f"host {host!r} is not in ITX_HTTP_ALLOW_HOSTS")
+    req = urllib.request.Request(url, headers={"User-Agent": "itx"})
+    with urllib.request.urlopen(req, timeout=s.http_timeout_s) as r:
+        data = r.read(s.http_max_bytes + 1)
+    if len(data) > s.http_max_bytes:
+        raise _Bad("file_too_large", f"{url} is over {s.http_max_bytes} bytes")
+    return data
+
+
+class _Bad(Exception):
+    def __init__(self, kind, msg):
+        super().__init__(f"{kind}: {msg}")
+
+
+def stage_item(item: InputItem, store, spec_fp: str) -> dict:
+    """Put one input into the store (skipping objects already there); return the chunk item."""
+    s = get_settings()
+    extra = {k: v for k, v in (("questions", item.questions), ("edit", item.edit),
+                                ("coco_id", item.coco_id), ("file_name", item.file_name)) if v}
+    try:
+        if item.error:
+            raise _Bad(*item.error.split(": ", 1)) if ": " in item.error else _Bad("bad_input",
+                                                                                   item.error)
+        if item.path is not None:
+            p = item.path
+            if not p.exists():
+                raise _Bad("not_found", f"no such file {str(p)!r}")
+            if not p.is_file():
+                raise _Bad("not_a_file", f"{str(p)!r} is not a regular file")
+            size = p.stat().st_size
+            if size > s.max_image_bytes:
+                raise _Bad("file_too_large", f"{size} bytes is over the limit of {s.max_image_bytes}")
+            try:
+                data = p.read_bytes()
+            except OSError as e:
+                raise _Bad("unreadable", f"cannot read {str(p)!r}: {e.strerror}") from None
+            uri, _ = store.put_content(data, p.suffix or ".bin")
+            content = uri.rsplit("/", 1)[-1]
+        else:
+            scheme = urlparse(item.uri).scheme
+            if scheme == "s3":
+                try:
+                    store.key_of(item.uri)
+                    uri = item.uri  # already in the store: use it where it is
+                    content = uri
+                except OutsideStoreError:
+                    u = urlparse(item.uri)
+                    data = S3Store(f"s3://{u.netloc}").get(u.path.lstrip("/"))
+                    uri, _ = store.put_content(data, Path(u.path).suffix or ".bin")
+                    content = uri.rsplit("/", 1)[-1]
+            elif scheme in ("http", "https"):
+                data = _fetch_http(item.uri)
+                uri, _ = store.put_content(data, Path(urlparse(item.uri).path).suffix or ".bin")
+                content = uri.rsplit("/", 1)[-1]
+            else:
+                raise _Bad("unknown_scheme", f"cannot read {item.uri!r}")
+    except _Bad as e:
+        return {"id": _sha("error", item.source, spec_fp), "source": item.source, "image": None,
+                "error": str(e), **extra}
+    except StoreError as e:
+        return {"id": _sha("error", item.source, spec_fp), "source": item.source, "image": None,
+                "error": f"store_error: {e}", **extra}
+    except OSError as e:
+        return {"id": _sha("error", item.source, spec_fp), "source": item.source, "image": None,
+                "error": f"unreadable: {e}", **extra}
+    return {"id": item_id(content, spec_fp, item), "source": item.source, "image": uri,
+            "error": None, **extra}
+
+
+def stage_items(items: Iterable[InputItem], store, spec_fp: str, threads: int = 16,
+                window: int = 256) -> Iterator[dict]:
+    """Upload in parallel, yield in input order; at most ``window`` items in flight."""
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="itx-stage") as pool:
+        it = iter(items)
+        while True:
+            block = list(itertools.islice(it, window))
+            if not block:
+                return
+            yield from pool.map(lambda x: stage_item(x, store, spec_fp), block)
+
+
+# --- batches ----------------------------------------------------------------------------
+def new_batch_name() -> str:
+    return datetime.now(timezone.utc).strftime("b%Y%m%d-%H%M%S")
+
+
+class Batch:
+    """A batch as the store knows it. Works from any machine, after Redis forgot everything."""
+
+    def __init__(self, name: str, store=None, app=None):
+        self.name = name
+        self.store = store or open_store()
+        self.app = app
+        self.prefix = f"runs/{name}"
+        self._pending: list = []  # chunk results submitted by this process
+        self._submitted_here = 0
+        self._already_done = 0
+
+    # --- what the store says ------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.store.exists(f"{self.prefix}/batch.json")
+
+    def meta(self) -> dict:
+        try:
+            return self.store.get_json(f"{self.prefix}/batch.json")
+        except StoreError:
+            raise BatchError(f"no batch {self.name!r} in {self.store.uri}") from None
+
+    def submitted_ids(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for key in self.store.list(f"{self.prefix}/chunks/"):
+            for i in self.store.get_json(key)["ids"]:
+                seen.setdefault(i)
+        return list(seen)
+
+    def result_ids(self) -> set[str]:
+        return {k.rsplit("/", 1)[-1][:-5] for k in self.store.list(f"{self.prefix}/results/")
+                if k.endswith(".json")}
+
+    def record(self, item_id: str) -> dict:
+        return self.store.get_json(f"{self.prefix}/results/{item_id}.json")
+
+    def results(self, ids: Iterable[str] | None = None) -> Iterator[dict]:
+        """Result records, in submission order (each id once)."""
+        ids = self.submitted_ids() if ids is None else ids
+        done = self.result_ids()
+        keys = [i for i in ids if i in done]
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            yield from pool.map(self.record, keys)
+
+    def status(self) -> dict:
+        meta = self.meta()
+        submitted = self.submitted_ids()
+        done_ids = self.result_ids()
+        reasons: Counter = Counter()
+        ok = failed = 0
+        first = last = None
+        for rec_key in (f"{self.prefix}/results/{i}.json" for i in submitted if i in done_ids):
+            rec = self.store.get_json(rec_key)
+            if rec.get("error"):
+                failed += 1
+                reasons[str(rec["error"]).split(":", 1)[0]] += 1
+            else:
+                ok += 1
+            t = rec.get("finished_at")
+            if t:
+                first = t if first is None or t < first else first
+                last = t if last is None or t > last else last
+        total = len(submitted)
+        finished = ok + failed
+        rate = None
+        if first and last and last > first and finished > 1:
+            rate = finished / (last - first)
+        return {"batch": self.name, "total": total, "done": ok, "failed": failed,
+                "pending": total - finished, "failures": dict(reasons.most_common()),
+                "items_per_s": rate, "created": meta.get("created"),
+                "complete": total > 0 and finished == total}
+
+    # --- progress of what this process submitted ---------------------------------------
+    def poll(self) -> tuple[int, int, int]:
+        """(finished, failed, total) for chunks submitted by this process, plus items found
+        done at submission; cheap: asks the result backend about pending chunks only."""
+        done = failed = 0
+        still = []
+        for res, n in self._pending:
+            if res.ready():
+                try:
+                    summary = res.get(timeout=5, propagate=True, disable_sync_subtasks=False)
+                    done += summary["done"]
+                    failed += summary["failed"]
+                except Exception:
+                    failed += n
+            else:
+                still.append((res, n))
+        self._pending = still
+        self._finished = getattr(self, "_finished", 0) + done + failed
+        self._failed = getattr(self, "_failed", 0) + failed
+        total = self._submitted_here + self._already_done
+        return self._finished + self._already_done, self._failed, total
+
+    def wait(self, progress: bool = True, poll_s: float = 1.0, timeout: float | None = None,
+             console=None) -> dict:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        t0 = time.monotonic()
+        cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("failed {task.fields[failed]}"), TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        with Progress(*cols, console=console, disable=not progress, transient=False) as bar:
+            task = bar.add_task(self.name, total=None, failed=0, rate="")
+            while True:
+                finished, failed, total = self.poll()
+                el = time.monotonic() - t0
+                rate = f"{(finished - self._already_done) / el:.1f} items/s" if el > 0 else ""
+                bar.update(task, completed=finished, total=total, failed=failed, rate=rate)
+                if not self._pending:
+                    break
+                if timeout is not None and el > timeout:
+                    raise TimeoutError(f"batch {self.name} not finished after {timeout} s")
+                time.sleep(poll_s)
+        return self.status()
+
+
+def submit(inputs: Iterable[str], spec: PipelineSpec, *, name: str | None = None,
+           chunk: int | None = None, resume: bool = False, coco: str | None = None,
+           images: str | None = None, limit: int | None = None, ids: list[int] | None = None,
+           store=None, app=None, on_chunk: Callable[[dict, dict | None], None] | None = None,
+           order: list | None = None) -> Batch:
+    """Stream inputs into the store and enqueue one canvas per chunk, as chunks form.
+
+    Items that already have a result record in this batch are not submitted again.
+    ``resume`` continues an existing batch (with no inputs: the inputs it was created with).
+    """
+    from orchestrator.workflow import chunk_canvas
+
+    s = get_settings()
+    if app is None:
+        from workers.app import app
+    store = store or open_store()
+    name = name or new_batch_name()
+    batch = Batch(name, store, app)
+    inputs = list(inputs)
+    if batch.exists():
+        meta = batch.meta()
+        if not resume:
+            raise BatchError(f"batch {name!r} exists in {store.uri}; add --resume to submit "
+                             f"only its items without a result record")
+        spec = PipelineSpec.model_validate(meta["spec"])
+        if not inputs and not coco:
+            inputs = meta["inputs"]
+            coco, images = meta.get("coco"), meta.get("images")
+            limit, ids = meta.get("limit"), meta.get("ids")
+        chunk = chunk or meta.get("chunk")
+        done = batch.result_ids()
+        nchunk = sum(1 for _ in store.list(f"{batch.prefix}/chunks/"))
+    else:
+        if resume and not inputs and not coco:
+            raise BatchError(f"nothing to resume: no batch {name!r} in {store.uri}")
+        spec = spec.resolved(s.profile) if spec.profile is None or spec.captioners is None \
+            else spec
+        done, nchunk = batch.result_ids(), 0
+        store.put_json(f"{batch.prefix}/batch.json", {
+            "name": name, "spec": spec.model_dump(mode="json"), "inputs": inputs, "coco": coco,
+            "images": images, "limit": limit, "ids": ids, "chunk": chunk or s.chunk_size,
+            "store": store.uri, "created": time.time()})
+    chunk = chunk or s.chunk_size
+    spec_json = spec.model_dump(mode="json")
+    fp = spec.fingerprint()
+    items = iter_inputs(inputs, coco=coco, images=images, limit=limit, ids=ids)
+    buf: list[dict] = []
+    seen: set[str] = set()
+
+    def flush():
+        nonlocal nchunk, buf
+        if not buf:
+            return
+        c = {"batch": name, "chunk": nchunk, "spec": spec_json, "items": buf}
+        store.put_json(f"{batch.prefix}/chunks/{nchunk:06d}.json", {"ids": [i["id"] for i in buf]})
+        res = chunk_canvas(c).apply_async()
+        batch._pending.append((res, len(buf)))
+        batch._submitted_here += len(buf)
+        if on_chunk:
+            on_chunk(c, None)
+        nchunk += 1
+        buf = []
+
+    for it in stage_items(items, store, fp):
+        if it["id"] in seen:  # the same image twice in one batch: one record
+            continue
+        seen.add(it["id"])
+        if order is not None:
+            order.append(it["id"])
+        if it["id"] in done:
+            batch._already_done += 1
+            continue
+        buf.append(it)
+        if len(buf) >= chunk:
+            flush()
+    flush()
+    return batch

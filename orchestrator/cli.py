@@ -1,0 +1,311 @@
+"""The ``itx`` command: a thin layer over the Python API.
+
+Exit codes: 0 every item succeeded, 1 some items failed, 2 usage or set-up errors.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="itx: images -> text -> edited text -> images, in-process or on Celery "
+                       "GPU pools.")
+models_app = typer.Typer(no_args_is_help=True, help="Build, pull, push and list model weights.")
+app.add_typer(models_app, name="models")
+console = Console(stderr=True)
+out_console = Console()
+
+
+def fail(msg: str, code: int = 2):
+    console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(code)
+
+
+# --- shared stage options ------------------------------------------------------------------
+Profile = Annotated[Optional[str], typer.Option("--profile", "-p",
+                    help="Model profile: base, large or tiny-random (default: ITX_PROFILE).")]
+Captioners = Annotated[Optional[str], typer.Option(
+    "--captioners", help="Comma-separated captioners: blip,git,vit-gpt2 or HF ids; 'none' for none.")]
+Ocr = Annotated[Optional[str], typer.Option("--ocr", help="easyocr | rapidocr | tesseract | none.")]
+Vqa = Annotated[Optional[list[str]], typer.Option("--vqa", help="A question for every image "
+                                                  "(repeat for more).")]
+Edit = Annotated[Optional[list[str]], typer.Option(
+    "--edit", help="Edit rule, applied in order: template:…, replace:a=b, regex:/p/r/, style:NAME.")]
+Generator = Annotated[Optional[str], typer.Option("--generator", help="sd | sd-img2img | if | none.")]
+Steps = Annotated[int, typer.Option("--steps", help="Diffusion steps.")]
+Size = Annotated[str, typer.Option("--size", help="Output size WIDTHxHEIGHT (multiples of 8).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed: the same seed gives the same pixels.")]
+N = Annotated[int, typer.Option("--n", help="Generated images per item.")]
+Strength = Annotated[float, typer.Option("--strength", help="img2img: how far from the source.")]
+Coco = Annotated[Optional[str], typer.Option("--coco", help="COCO captions annotation file.")]
+Images = Annotated[Optional[str], typer.Option("--images", help="Image root for --coco "
+                                               "(folder or s3:// prefix).")]
+Limit = Annotated[Optional[int], typer.Option("--limit", help="Only the first N items.")]
+Ids = Annotated[Optional[str], typer.Option("--ids", help="COCO image ids, comma-separated.")]
+Chunk = Annotated[Optional[int], typer.Option("--chunk", help="Items per chunk (task).")]
+
+
+def make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength):
+    from pydantic import ValidationError
+
+    from workers.settings import get_settings
+    from workers.spec import PipelineSpec
+    from workers.stages.edit import EditRuleError
+
+    if profile:
+        os.environ["ITX_PROFILE"] = profile
+        from workers.settings import reset_settings
+        reset_settings()
+    caps = None
+    if captioners is not None:
+        caps = [] if captioners.strip().lower() in ("none", "") else \
+            [c.strip() for c in captioners.split(",") if c.strip()]
+    try:
+        spec = PipelineSpec(profile=profile, captioners=caps, ocr=ocr, vqa=vqa or [],
+                            edits=edit or [], generator=generator, steps=steps, size=size,
+                            seed=seed, n=n, strength=strength)
+        s = get_settings()
+        if n > s.max_outputs_per_item:
+            fail(f"--n {n} is over the limit of {s.max_outputs_per_item} outputs per item "
+                 f"(ITX_MAX_OUTPUTS_PER_ITEM)")
+        return spec.resolved(s.profile)
+    except ValidationError as e:
+        fail("; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors()))
+    except (EditRuleError, ValueError) as e:
+        fail(str(e))
+
+
+def _ids(ids: str | None) -> list[int] | None:
+    if not ids:
+        return None
+    try:
+        return [int(x) for x in ids.split(",") if x.strip()]
+    except ValueError:
+        fail(f"--ids {ids!r}: write comma-separated integers")
+
+
+def _note_profile(spec) -> None:
+    if spec.profile == "tiny-random":
+        console.print("[yellow]profile tiny-random:[/] models have tiny random weights; captions "
+                      "and generated images are not meaningful (OCR is real: rapidocr). "
+                      "Use --profile base with real weights (`itx models pull`).")
+
+
+def _preflight(spec) -> None:
+    from workers.models.errors import ModelMissingError
+    from workers.models.loader import preflight
+
+    try:
+        preflight(spec)
+    except ModelMissingError as e:
+        fail(str(e))
+    except ValueError as e:
+        fail(str(e))
+
+
+# --- itx run -----------------------------------------------------------------------------
+@app.command()
+def run(
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Files, folders, globs, JSONL/CSV "
+                                                          "manifests, s3:// prefixes.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (a file:// store).")]
+    = Path("out"),
+    profile: Profile = None, captioners: Captioners = None, ocr: Ocr = None, vqa: Vqa = None,
+    edit: Edit = None, generator: Generator = None, steps: Steps = 25, size: Size = "512x512",
+    seed: Seed = 0, n: N = 1, strength: Strength = 0.75, coco: Coco = None, images: Images = None,
+    limit: Limit = None, ids: Ids = None, chunk: Chunk = None,
+):
+    """Run the whole pipeline in this process (no broker, no server) and write OUT/manifest.jsonl."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn)
+
+    from orchestrator.embedded import run as run_embedded
+    from orchestrator.inputs import iter_inputs
+
+    if not inputs and not coco:
+        fail("give at least one input (file, folder, glob, manifest, s3:// prefix) or --coco")
+    spec = make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength)
+    _note_profile(spec)
+    t0 = time.time()
+    _preflight(spec)
+    coco_ids = _ids(ids)
+    total = sum(1 for _ in iter_inputs(inputs or [], coco=coco, images=images, limit=limit,
+                                       ids=coco_ids)) if not any(
+        str(i).startswith("s3://") for i in inputs or []) else None
+    with Progress(TextColumn("[bold]itx run"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
+                  disable=not sys.stderr.isatty() and os.environ.get("ITX_PROGRESS") != "1") as bar:
+        task = bar.add_task("run", total=total, rate="")
+
+        def advance(k, _):
+            bar.advance(task, k)
+            done = bar.tasks[0].completed
+            bar.update(task, rate=f"{done / max(1e-9, time.time() - t0):.2f} items/s")
+
+        try:
+            records = run_embedded(inputs or [], spec, out, chunk=chunk, coco=coco, images=images,
+                                   limit=limit, ids=coco_ids, on_chunk=advance)
+        except Exception as e:
+            from workers.models.errors import ModelMissingError
+
+            if isinstance(e, ModelMissingError):
+                fail(str(e))
+            raise
+    failed = [r for r in records if r.get("error")]
+    for r in failed[:20]:
+        console.print(f"[red]failed[/] {r['source']}: {r['error']}", highlight=False)
+    if len(failed) > 20:
+        console.print(f"… and {len(failed) - 20} more (see {out}/manifest.jsonl)")
+    outputs = sum(len(r.get("outputs") or []) for r in records)
+    out_console.print(f"{len(records)} items, {len(records) - len(failed)} ok, {len(failed)} failed, "
+                      f"{outputs} images generated in {time.time() - t0:.1f} s -> "
+                      f"{out}/manifest.jsonl", highlight=False)
+    raise typer.Exit(1 if failed else 0)
+
+
+# --- itx submit / status / results ---------------------------------------------------------
+@app.command()
+def submit(
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Files, folders, globs, JSONL/CSV "
+                                                          "manifests, s3:// prefixes.")] = None,
+    batch: Annotated[Optional[str], typer.Option("--batch", "-b", help="Batch name.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Show progress until the batch ends.")]
+    = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Submit only the batch's items "
+                                         "without a result record.")] = False,
+    chunk: Chunk = None,
+    profile: Profile = None, captioners: Captioners = None, ocr: Ocr = None, vqa: Vqa = None,
+    edit: Edit = None, generator: Generator = None, steps: Steps = 25, size: Size = "512x512",
+    seed: Seed = 0, n: N = 1, strength: Strength = 0.75, coco: Coco = None, images: Images = None,
+    limit: Limit = None, ids: Ids = None,
+):
+    """Submit a batch to the worker pools (needs a broker: ITX_BROKER_URL)."""
+    from orchestrator.batch import BatchError, submit as submit_batch
+
+    if not inputs and not coco and not resume:
+        fail("give at least one input, or --coco, or --batch NAME --resume")
+    if resume and not batch:
+        fail("--resume needs --batch NAME")
+    spec = make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength)
+    t0 = time.time()
+    try:
+        b = submit_batch(inputs or [], spec, name=batch, chunk=chunk, resume=resume, coco=coco,
+                         images=images, limit=limit, ids=_ids(ids))
+    except BatchError as e:
+        fail(str(e))
+    except Exception as e:  # broker down, store unreachable: one line, not a traceback
+        from kombu.exceptions import OperationalError
+
+        if isinstance(e, (OperationalError, ConnectionError)):
+            fail(f"cannot reach the broker or store: {e}")
+        raise
+    n_sub = b._submitted_here
+    out_console.print(f"batch [bold]{b.name}[/]: {n_sub} items submitted, "
+                      f"{b._already_done} already done ({time.time() - t0:.1f} s)")
+    if not wait:
+        raise typer.Exit(0)
+    st = b.wait(progress=True, console=console)
+    _print_status(st)
+    raise typer.Exit(1 if st["failed"] else 0)
+
+
+def _print_status(st: dict) -> None:
+    t = Table(title=f"batch {st['batch']}", show_header=False)
+    for k in ("total", "done", "failed", "pending"):
+        t.add_row(k, str(st[k]))
+    if st.get("items_per_s"):
+        t.add_row("items/s", f"{st['items_per_s']:.2f}")
+    for reason, count in st["failures"].items():
+        t.add_row(f"  failed: {reason}", str(count))
+    out_console.print(t)
+
+
+@app.command()
+def status(batch: str, as_json: Annotated[bool, typer.Option("--json")] = False):
+    """Progress, failures by reason and throughput, read from the store."""
+    from orchestrator.batch import Batch, BatchError
+
+    try:
+        st = Batch(batch).status()
+    except BatchError as e:
+        fail(str(e))
+    if as_json:
+        out_console.print_json(json.dumps(st))
+    else:
+        _print_status(st)
+
+
+@app.command()
+def results(batch: str, out: Annotated[Path, typer.Option("--out", "-o")] = Path("manifest.jsonl")):
+    """Write the batch's result records (one JSON per line) to OUT."""
+    from orchestrator.batch import Batch, BatchError
+
+    try:
+        b = Batch(batch)
+        b.meta()
+        n = 0
+        with out.open("w", encoding="utf-8") as f:
+            for rec in b.results():
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                n += 1
+    except BatchError as e:
+        fail(str(e))
+    out_console.print(f"{n} records -> {out}")
+
+
+# --- itx models ------------------------------------------------------------------------------
+@models_app.command("tiny")
+def models_tiny(force: Annotated[bool, typer.Option("--force")] = False,
+                to: Annotated[Optional[Path], typer.Option("--to")] = None):
+    """Build the tiny-random checkpoints (deterministic, a few MB) into ITX_MODEL_DIR."""
+    from workers.models import tiny
+    from workers.settings import get_settings
+
+    root = to or get_settings().model_dir
+    for name in tiny.names():
+        t = time.time()
+        path = tiny.build(name, root, force=force)
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        out_console.print(f"{name:10s} {size / 1e6:6.2f} MB  {time.time() - t:5.1f} s  {path}")
+
+
+@models_app.command("list")
+def models_list(profile: Profile = None):
+    """The models each profile uses and whether they are on this machine."""
+    from workers.models.profiles import PROFILES
+    from workers.settings import get_settings
+
+    md = get_settings().model_dir
+    t = Table("profile", "stage:backend", "ref", "local")
+    for p, prof in PROFILES.items():
+        if profile and p != profile:
+            continue
+        for key, ref in prof["models"].items():
+            if ref == "builtin":
+                here = "builtin"
+            elif ref.startswith("tiny-random/"):
+                here = "yes" if (md / ref / ".itx-complete").exists() else "built on first use"
+            else:
+                here = "yes" if (md / ref).exists() else "no"
+            t.add_row(p, key, ref, here)
+    out_console.print(t)
+
+
+def main():
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""Chunk processing: read a chunk's images from the store, run one stage over them in
+mini-batches, merge stage results, build prompts, generate, write result records.
+
+Plain functions over JSON-able dicts; ``workers.tasks`` wraps each in a Celery task and
+``itx run`` calls the very same tasks eagerly. A chunk is::
+
+    {"batch": "b1", "chunk": 0, "spec": {...resolved PipelineSpec...},
+     "items": [{"id": "…", "source": "photos/a.jpg", "image": "s3://…/inputs/….jpg",
+                "error": null, "questions": [], "edit": [], "coco_id": 42}, …]}
+
+A stage returns a *partial*: ``{"stage": "caption:git", "model": ref, "results": {id: value},
+"errors": {id: "kind: message"}, "ms": {id: ms}}``. One bad item never fails its chunk.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+from workers.images import ItemError, decode_image
+from workers.settings import get_settings
+from workers.spec import PipelineSpec
+from workers.storage import OutsideStoreError, NotFoundError, StoreError, TransientStoreError, open_store
+
+log = logging.getLogger(__name__)
+
+# --- reading images: one read and decode per image per process, shared by stages -------
+_IMAGES: OrderedDict[str, object] = OrderedDict()
+_IMAGES_LOCK = threading.Lock()
+_IMAGE_CACHE_SIZE = 96
+_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="itx-read")
+
+
+def _read_one(uri: str):
+    s = get_settings()
+    with _IMAGES_LOCK:
+        if uri in _IMAGES:
+            _IMAGES.move_to_end(uri)
+            return _IMAGES[uri]
+    try:
+        data = open_store().get(uri)
+        img = decode_image(data, max_pixels=s.max_pixels, max_bytes=s.max_image_bytes)
+    except OutsideStoreError as e:
+        img = ItemError("outside_store", str(e))
+    except NotFoundError as e:
+        img = ItemError("not_found", str(e))
+    except TransientStoreError:
+        raise  # the task retries with backoff
+    except StoreError as e:
+        img = ItemError("store_error", str(e))
+    except ItemError as e:
+        img = e
+    with _IMAGES_LOCK:
+        _IMAGES[uri] = img
+        while len(_IMAGES) > _IMAGE_CACHE_SIZE:
+            _IMAGES.popitem(last=False)
+    return img
+
+
+def read_images(items: list[dict]) -> dict[str, object]:
+    """``id -> PIL image | ItemError`` for items without an earlier error; reads in parallel."""
+    todo = [it for it in items if not it.get("error")]
+    uris = [it.get("image") or "" for it in todo]
+    out = {}
+    for it, res in zip(todo, _POOL.map(lambda u: _read_one(u) if u else
+                                       ItemError("no_image", "item has no image URI"), uris)):
+        out[it["id"]] = res
+    return out
+
+
+def _err(e: BaseException) -> str:
+    return str(e) if isinstance(e, ItemError) else f"{type(e).__name__}: {e}"
+
+
+# --- running one stage over a chunk -------------------------------------------------------
+def run_stage(stage: str, name: str, chunk: dict, *, extra_columns=(), call_kwargs=None) -> dict:
+    """Run backend ``stage``/``name`` over the chunk's good images in mini-batches."""
+    from workers.models.cache import load_backend
+
+    spec = PipelineSpec.model_validate(chunk["spec"])
+    items = chunk["items"]
+    key = f"{stage}:{name}"
+    partial = {"stage": key, "model": spec.model_ref(stage, name),
+               "results": {}, "errors": {}, "ms": {}}
+    images = read_images(items)
+    good = [(i, img) for i, img in images.items() if not isinstance(img, ItemError)]
+    for i, img in images.items():
+        if isinstance(img, ItemError):
+            partial["errors"][i] = str(img)
+    if not good:
+        return partial
+    try:
+        backend = load_backend(stage, name, ref=partial["model"], profile=spec.profile)
+    except Exception as e:
+        msg = f"model_unavailable: {key}: {_err(e)}"
+        log.error(msg)
+        for i, _ in good:
+            partial["errors"][i] = msg
+        return partial
+    ids = [i for i, _ in good]
+    imgs = [img for _, img in good]
+    cols = [imgs] + [[col[i] for i in ids] for col in extra_columns]  # columns keyed by id
+    t0 = time.perf_counter()
+    try:
+        outs = backend.run(*cols, **(call_kwargs or {}))
+    except Exception as e:  # isolate: retry item by item, so one bad image costs only itself
+        if _is_time_limit(e):
+            raise
+        log.warning("%s failed on a batch (%s); retrying item by item", key, _err(e))
+        outs = []
+        for j in range(len(ids)):
+            try:
+                outs.append(backend.run(*[[c[j]] for c in cols], **(call_kwargs or {}))[0])
+            except Exception as e1:
+                if _is_time_limit(e1):
+                    raise
+                outs.append(ItemError("stage_failed", f"{key}: {_err(e1)}"))
+    per = (time.perf_counter() - t0) * 1000 / max(1, len(ids))
+    for i, out in zip(ids, outs):
+        if isinstance(out, ItemError):
+            partial["errors"][i] = str(out)
+        else:
+            partial["results"][i] = out
+            partial["ms"][i] = round(per, 1)
+    return partial
+
+
+def _is_time_limit(e: BaseException) -> bool:
+    return type(e).__name__ in ("SoftTimeLimitExceeded", "TimeLimitExceeded")
+
+
+def ocr_chunk(chunk: dict) -> dict:
+    spec = PipelineSpec.model_validate(chunk["spec"])
+    return run_stage("ocr", spec.ocr, chunk)
+
+
+def caption_chunk(chunk: dict, model: str) -> dict:
+    return run_stage("caption", model, chunk)
+
+
+def item_questions(spec: PipelineSpec, item: dict) -> list[str]:
+    qs = list(spec.vqa) + [q for q in item.get("questions") or [] if q not in spec.vqa]
+    return qs
+
+
+def vqa_chunk(chunk: dict) -> dict:
+    spec = PipelineSpec.model_validate(chunk["spec"])
+    questions = {it["id"]: item_questions(spec, it) for it in chunk["items"]}
+    return run_stage("vqa", "blip-vqa", chunk, extra_columns=[questions])
+
+
+# --- compose: merge partials, build prompts -----------------------------------------------
+def record_base(item: dict) -> dict:
+    rec = {"id": item["id"], "source": item.get("source"), "image": item.get("image"),
+           "ocr": None, "captions": {}, "vqa": {}, "prompt": None, "outputs": [],
+           "models": {}, "timings_ms": {}, "error": item.get("error")}
+    for k in ("coco_id", "file_name"):
+        if item.get(k) is not None:
+            rec[k] = item[k]
+    return rec
+
+
+def compose_chunk(partials: list[dict], chunk: dict) -> dict:
+    from workers.stages.edit import EditRuleError, Texts, build_prompt
+
+    spec = PipelineSpec.model_validate(chunk["spec"])
+    limit = get_settings().max_prompt_chars
+    records = []
+    for item in chunk["items"]:
+        rec = record_base(item)
+        for p in partials or []:
+            i = item["id"]
+            stage = p["stage"]
+            rec["models"][stage] = p["model"]
+            if i in p["errors"] and not rec["error"]:
+                rec["error"] = p["errors"][i]
+            if i in p["results"]:
+                val = p["results"][i]
+                rec["timings_ms"][stage] = p["ms"].get(i)
+                if stage.startswith("ocr:"):
+                    rec["ocr"] = val
+                elif stage.startswith("caption:"):
+                    rec["captions"][stage.split(":", 1)[1]] = val
+                elif stage.startswith("vqa:"):
+                    rec["vqa"] = val
+        if not rec["error"]:
+            try:
+                rules = spec.rules(extra_edits=item.get("edit") or [],
+                                   extra_questions=item.get("questions") or [])
+                texts = Texts(captions=rec["captions"], ocr=(rec["ocr"] or {}).get("text", ""),
+                              vqa=rec["vqa"], caption_model=spec.caption_for_prompt)
+                prompt = build_prompt(rules, texts)
+                if len(prompt) > limit:
+                    raise ItemError("prompt_too_long",
+                                    f"the prompt has {len(prompt)} characters; the limit is {limit}")
+                rec["prompt"] = prompt
+            except EditRuleError as e:
+                rec["error"] = f"bad_edit_rule: {e}"
+            except ItemError as e:
+                rec["error"] = str(e)
+        records.append(rec)
+    out = {"batch": chunk["batch"], "chunk": chunk.get("chunk", 0), "spec": chunk["spec"],
+           "records": records}
+    if not spec.generator:
+        return finish(out)
+    return out
+
+
+# --- generate and write -------------------------------------------------------------------
+def generate_chunk(state: dict) -> dict:
+    spec = PipelineSpec.model_validate(state["spec"])
+    store = open_store()
+    records = state["records"]
+    todo = [r for r in records if not r["error"]]
+    if todo:
+        w, h = spec.width_height
+        name = spec.generator
+        key = f"generate:{name}"
+        ref = spec.model_ref("generate", name)
+        for r in todo:
+            r["models"][key] = ref
+        sources = None
+        if name == "sd-img2img":
+            imgs = read_images([{"id": r["id"], "image": r["image"]} for r in todo])
+            for r in todo:
+                if isinstance(imgs[r["id"]], ItemError):
+                    r["error"] = str(imgs[r["id"]])
+            todo = [r for r in todo if not r["error"]]
+            sources = [imgs[r["id"]] for r in todo]
+        if todo:
+            _generate(spec, name, ref, todo, sources, store, w, h, state["batch"])
+    return finish(state)
+
+
+def _generate(spec, name, ref, todo, sources, store, w, h, batch):
+    from workers.models.cache import load_backend
+
+    key = f"generate:{name}"
+    try:
+        backend = load_backend("generate", name, ref=ref, profile=spec.profile)
+    except Exception as e:
+        for r in todo:
+            r["error"] = f"model_unavailable: {key}: {_err(e)}"
+        return
+    n = min(spec.n, get_settings().max_outputs_per_item)
+    kwargs = dict(width=w, height=h, steps=spec.steps, n=n,
+                  strength=spec.strength, guidance_scale=spec.guidance)
+    prompts = [r["prompt"] for r in todo]
+    seeds = [spec.seed] * len(todo)
+    t0 = time.perf_counter()
+    try:
+        outs = backend.run(prompts, sources, seeds, **kwargs)
+    except Exception as e:
+        if _is_time_limit(e):
+            raise
+        log.warning("%s failed on a batch (%s); retrying item by item", key, _err(e))
+        outs = []
+        for j in range(len(todo)):
+            try:
+                outs.append(backend.run([prompts[j]], None if sources is None else [sources[j]],
+                                        [seeds[j]], **kwargs)[0])
+            except Exception as e1:
+                if _is_time_limit(e1):
+                    raise
+                outs.append(ItemError("stage_failed", f"{key}: {_err(e1)}"))
+    per = (time.perf_counter() - t0) * 1000 / max(1, len(todo))
+    for r, images in zip(todo, outs):
+        if isinstance(images, ItemError):
+            r["error"] = str(images)
+            continue
+        r["timings_ms"][key] = round(per, 1)
+        r["outputs"] = [None] * len(images)
+        r["_images"] = images
+    # PNG encoding and uploads run in threads, off the model's critical path
+    def put(args):
+        r, k, img = args
+        return r, k, store.put_image(f"runs/{batch}/images/{r['id']}-{k}.png", img)
+
+    jobs = [(r, k, img) for r in todo if "_images" in r for k, img in enumerate(r["_images"])]
+    for r, k, uri in _POOL.map(put, jobs):
+        r["outputs"][k] = uri
+    for r in todo:
+        r.pop("_images", None)
+
+
+def finish(state: dict) -> dict:
+    """Write every record (the store is the durable truth); return a small summary."""
+    store = open_store()
+    batch = state["batch"]
+    done = failed = 0
+    recs = state["records"]
+
+    now = time.time()
+
+    def put(rec):
+        rec["finished_at"] = now
+        store.put_json(f"runs/{batch}/results/{rec['id']}.json", rec)
+
+    list(_POOL.map(put, recs))
+    for rec in recs:
+        if rec["error"]:
+            failed += 1
+        else:
+            done += 1
+    return {"batch": batch, "chunk": state.get("chunk", 0), "done": done, "failed": failed,
+            "ids": [r["id"] for r in recs]}

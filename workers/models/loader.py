@@ -1,0 +1,98 @@
+"""One loader for every backend: a ref becomes a local directory that ``from_pretrained`` reads.
+
+Resolution order for a ref:
+  ``builtin``            -> returned as is (weights ship with a package or the OS)
+  ``tiny-random/<name>`` -> ``$ITX_MODEL_DIR/tiny-random/<name>``, built on first use
+  an existing path       -> that path
+  ``$ITX_MODEL_DIR/<ref>`` (what ``itx models pull`` writes) -> that directory
+  a hub id in the local Hugging Face cache -> its snapshot
+  a hub id, hub reachable -> downloaded into the Hugging Face cache
+otherwise ``ModelMissingError`` naming the model and the fix, within seconds.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from workers.models.errors import ModelMissingError
+from workers.settings import get_settings
+
+TINY_PREFIX = "tiny-random/"
+# refs that name weights `itx models pull` fetches from elsewhere than the HF hub
+NOT_ON_HUB = ("easyocr/",)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def missing(ref: str, why: str = "") -> ModelMissingError:
+    profile = get_settings().profile
+    return ModelMissingError(
+        f"model {ref!r} is not on this machine{why} and the model hub cannot be reached. "
+        f"Fix: run `itx models pull --profile {profile}` where the hub is reachable "
+        f"(or `itx models pull --from s3://…` from your own store) into ITX_MODEL_DIR, "
+        f"or use `--profile tiny-random` for an offline smoke run."
+    )
+
+
+def resolve_model(ref: str, model_dir: Path | None = None) -> str:
+    model_dir = Path(model_dir or get_settings().model_dir)
+    if ref == "builtin":
+        return ref
+    if ref.startswith(TINY_PREFIX):
+        from workers.models.tiny import build
+
+        return str(build(ref[len(TINY_PREFIX):], model_dir))
+    if Path(ref).expanduser().exists():
+        return str(Path(ref).expanduser())
+    pulled = model_dir / ref
+    if pulled.exists():
+        return str(pulled)
+    if ref.startswith(NOT_ON_HUB):
+        raise missing(ref, f" (looked in {pulled})")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(ref, local_files_only=True)
+    except Exception:
+        pass
+    if not _hub_reachable():
+        raise missing(ref)
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(ref)
+
+
+def needed_models(spec) -> list[tuple[str, str, str]]:
+    """(stage, backend, ref) for every model a resolved PipelineSpec will load."""
+    out = []
+    if spec.ocr:
+        out.append(("ocr", spec.ocr, spec.model_ref("ocr", spec.ocr)))
+    for c in spec.captioners or []:
+        out.append(("caption", c, spec.model_ref("caption", c)))
+    if spec.vqa:
+        out.append(("vqa", "blip-vqa", spec.model_ref("vqa", "blip-vqa")))
+    if spec.generator:
+        out.append(("generate", spec.generator, spec.model_ref("generate", spec.generator)))
+    return out
+
+
+def preflight(spec) -> list[tuple[str, str, str]]:
+    """Resolve every model the spec needs before any work starts (fails fast and clearly)."""
+    from workers.models.registry import get_backend_class
+
+    need = needed_models(spec)
+    for stage, name, ref in need:
+        get_backend_class(stage, name)
+        resolve_model(ref)
+    return need

@@ -1,0 +1,81 @@
+"""Typed settings from ``ITX_*`` environment variables (and ``.env``).
+
+Deployment knobs live here; per-model knobs live on the backend classes.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_model_dir() -> Path:
+    return Path.home() / ".cache" / "itx" / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ITX_", env_file=".env", extra="ignore")
+
+    # --- services -------------------------------------------------------
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    result_backend: str = "redis://127.0.0.1:6379/1"
+    store: str = "file://./itx-store"
+
+    # --- models ---------------------------------------------------------
+    profile: str = "base"
+    model_dir: Path = Field(default_factory=_default_model_dir)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    preload: bool = False  # load this pool's models when a worker process starts
+
+    # --- limits on input (each has its own error) ------------------------
+    max_pixels: int = 40_000_000
+    max_image_bytes: int = 50 * 1024 * 1024
+    max_prompt_chars: int = 2000
+    max_outputs_per_item: int = 8
+
+    # --- work shape -----------------------------------------------------
+    chunk_size: int = 16
+    http_allow_hosts: list[str] = Field(default_factory=list)  # hosts `http(s)://` inputs may come from
+    http_max_bytes: int = 50 * 1024 * 1024
+    http_timeout_s: float = 20.0
+    light_time_limit: int = 600  # seconds per light task (soft limit is 90 %)
+    heavy_time_limit: int = 1800  # seconds per heavy task
+    max_tasks_per_child: int = 0  # 0: never recycle a worker process by task count
+    max_memory_per_child_kb: int = 0  # 0: no limit; else recycle a process above this RSS
+
+    @field_validator("model_dir", mode="before")
+    @classmethod
+    def _expand(cls, v):
+        return Path(v).expanduser() if v is not None else v
+
+
+_current: Settings | None = None
+
+
+def get_settings() -> Settings:
+    global _current
+    if _current is None:
+        _current = Settings()
+    return _current
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests and the CLI call this after changing env)."""
+    global _current
+    _current = None
+
+
+@contextmanager
+def use_settings(**overrides):
+    """Run with some settings changed (embedded mode points the store at ``--out``)."""
+    global _current
+    before = _current
+    _current = get_settings().model_copy(update=overrides)
+    try:
+        yield _current
+    finally:
+        _current = before

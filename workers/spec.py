@@ -1,0 +1,105 @@
+"""PipelineSpec: what to run for every item. Small JSON; travels inside each chunk.
+
+Shared by the orchestrator (which validates it before any work starts) and the
+workers (which run it). No heavy imports.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from workers.models.profiles import PROFILES, defaults
+from workers.stages.edit import parse_rules
+
+GENERATORS = ("sd", "sd-img2img", "if")
+OCR_ENGINES = ("easyocr", "rapidocr", "tesseract")
+OFF = ("none", "off", "")
+
+
+class PipelineSpec(BaseModel):
+    """Stage options. ``None`` means "the profile's default"; ``"none"`` turns a stage off."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: str | None = None
+    ocr: str | None = None
+    captioners: list[str] | None = None
+    caption_for_prompt: str | None = None  # whose caption {caption} and the base prompt use
+    vqa: list[str] = Field(default_factory=list)
+    edits: list[str] = Field(default_factory=list)
+    generator: str | None = None
+    steps: int = Field(25, ge=1, le=500)
+    size: str = "512x512"
+    seed: int = Field(0, ge=0, lt=2**63)
+    n: int = Field(1, ge=1)
+    strength: float = Field(0.75, gt=0.0, le=1.0)
+    guidance: float = Field(7.5, ge=0.0, le=50.0)
+    models: dict[str, str] = Field(default_factory=dict)  # "<stage>:<backend>" -> ref override
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", v)
+        if not m:
+            raise ValueError(f"size {v!r}: write WIDTHxHEIGHT, e.g. 512x512")
+        w, h = int(m.group(1)), int(m.group(2))
+        if w % 8 or h % 8 or not (8 <= w <= 4096 and 8 <= h <= 4096):
+            raise ValueError(f"size {v!r}: width and height must be multiples of 8 in 8..4096")
+        return f"{w}x{h}"
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.profile is not None and self.profile not in PROFILES:
+            raise ValueError(f"unknown profile {self.profile!r}; choose one of {', '.join(PROFILES)}")
+        if self.ocr is not None and self.ocr.lower() not in OCR_ENGINES + OFF:
+            raise ValueError(f"unknown OCR engine {self.ocr!r}; choose one of {', '.join(OCR_ENGINES)} "
+                             f"or none")
+        if self.generator is not None and self.generator.lower() not in GENERATORS + OFF:
+            raise ValueError(f"unknown generator {self.generator!r}; choose one of "
+                             f"{', '.join(GENERATORS)} or none")
+        if self.captioners is not None and len(set(self.captioners)) != len(self.captioners):
+            raise ValueError("a captioner is listed twice")
+        if self.caption_for_prompt and self.captioners is not None \
+                and self.caption_for_prompt not in self.captioners:
+            raise ValueError(f"caption_for_prompt {self.caption_for_prompt!r} is not among the "
+                             f"captioners {self.captioners}")
+        return self
+
+    # --- resolution against a profile ---------------------------------------
+    def resolved(self, profile: str) -> "PipelineSpec":
+        """Fill every default from the profile, so workers run exactly what was asked."""
+        p = self.profile or profile
+        d = defaults(p)
+        ocr = d["ocr"] if self.ocr is None else self.ocr.lower()
+        gen = d["generator"] if self.generator is None else self.generator.lower()
+        caps = list(d["captioners"] if self.captioners is None else self.captioners)
+        spec = self.model_copy(update=dict(
+            profile=p, ocr=None if ocr in OFF else ocr, captioners=caps,
+            generator=None if gen in OFF else gen,
+            caption_for_prompt=self.caption_for_prompt or (caps[0] if caps else None)))
+        spec.rules(extra_questions=[])  # checks every rule before any work starts
+        return spec
+
+    def rules(self, extra_edits: list[str] = (), extra_questions: list[str] = ()):
+        return parse_rules(list(self.edits) + list(extra_edits),
+                           captioners=self.captioners,
+                           questions=list(self.vqa) + list(extra_questions),
+                           has_ocr=self.ocr is not None)
+
+    @property
+    def width_height(self) -> tuple[int, int]:
+        w, h = self.size.split("x")
+        return int(w), int(h)
+
+    def model_ref(self, stage: str, backend: str) -> str:
+        from workers.models.profiles import model_ref
+
+        return self.models.get(f"{stage}:{backend}") or model_ref(stage, backend, self.profile or "base")
+
+    def fingerprint(self) -> str:
+        """A hash of everything that changes an item's result (for deterministic item ids)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]

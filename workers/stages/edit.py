@@ -1,0 +1,196 @@
+"""Edit rules: declarative text edits that turn an item's texts into a generation prompt.
+
+Rules apply in order to the prompt being built:
+
+``template:TEXT``          replace the prompt with TEXT, filling placeholders
+                           ``{caption}`` (the chosen captioner's), ``{caption:NAME}``,
+                           ``{ocr}``, ``{vqa:QUESTION}`` and ``{prompt}`` (the prompt so far)
+``replace:OLD=NEW``        replace whole words OLD with NEW (case-insensitive)
+``regex:/PATTERN/REPL/FLAGS``  ``re.sub``; FLAGS from ``i``, ``m``, ``s``
+``style:NAME``             append a named style (see ``STYLES``)
+
+The prompt starts as the chosen captioner's caption (else the OCR text). Every rule
+is parsed and checked before any work starts: unknown placeholders, bad regexes and
+unknown styles are ``EditRuleError``s.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+STYLES: dict[str, str] = {
+    "watercolor": "watercolor painting, soft washes of colour, paper texture",
+    "oil-painting": "oil painting, thick brush strokes, rich colours",
+    "pencil-sketch": "pencil sketch, graphite, hand-drawn lines",
+    "photo": "photograph, natural light, sharp focus, 35mm",
+    "anime": "anime illustration, clean line art, cel shading",
+    "pixel-art": "pixel art, 16-bit, limited palette",
+    "cyberpunk": "cyberpunk, neon lights, rain-soaked streets, night",
+    "ukiyo-e": "ukiyo-e woodblock print, flat colours, bold outlines",
+    "comic": "comic book art, halftone dots, bold ink",
+    "3d-render": "3d render, octane, soft global illumination",
+}
+
+
+class EditRuleError(ValueError):
+    """A rule that cannot be applied; raised before any work starts."""
+
+
+@dataclass(frozen=True)
+class Texts:
+    """What an item knows when its prompt is built."""
+
+    captions: dict[str, str] = field(default_factory=dict)
+    ocr: str = ""
+    vqa: dict[str, str] = field(default_factory=dict)
+    caption_model: str | None = None  # whose caption {caption} means
+
+    def base_prompt(self) -> str:
+        if self.caption_model and self.caption_model in self.captions:
+            return self.captions[self.caption_model]
+        if self.captions:
+            return next(iter(self.captions.values()))
+        return self.ocr
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: str
+    arg: str
+    compiled: object = None
+
+    def apply(self, prompt: str, t: Texts) -> str:
+        if self.kind == "template":
+            return _fill(self.arg, prompt, t)
+        if self.kind == "replace":
+            pattern, new = self.compiled
+            return pattern.sub(lambda _m: new, prompt)
+        if self.kind == "regex":
+            pattern, repl = self.compiled
+            return pattern.sub(repl, prompt)
+        if self.kind == "style":
+            return f"{prompt}, {STYLES[self.arg]}" if prompt else STYLES[self.arg]
+        raise AssertionError(self.kind)
+
+
+_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+
+
+def _tokens(template: str):
+    """Yield ("text", s) and ("field", name) pieces; {{ and }} are literal braces."""
+    pos = 0
+    for m in _TOKEN.finditer(template):
+        if m.start() > pos:
+            yield "text", template[pos:m.start()]
+        tok = m.group(0)
+        if tok in ("{{", "}}"):
+            yield "text", tok[0]
+        elif m.group(1) is not None:
+            yield "field", m.group(1).strip()
+        else:
+            raise EditRuleError(f"template {template!r}: unmatched {tok!r} "
+                                f"(write literal braces as {{{{ and }}}})")
+        pos = m.end()
+    if pos < len(template):
+        yield "text", template[pos:]
+
+
+def _placeholders(template: str) -> list[str]:
+    return [v for k, v in _tokens(template) if k == "field"]
+
+
+def _fill(template: str, prompt: str, t: Texts) -> str:
+    out = []
+    for kind, v in _tokens(template):
+        if kind == "text":
+            out.append(v)
+        elif v == "caption":
+            out.append(t.base_prompt() if not t.caption_model
+                       else t.captions.get(t.caption_model, ""))
+        elif v == "prompt":
+            out.append(prompt)
+        elif v == "ocr":
+            out.append(t.ocr)
+        elif v.startswith("caption:"):
+            out.append(t.captions.get(v.split(":", 1)[1], ""))
+        elif v.startswith("vqa:"):
+            out.append(t.vqa.get(v.split(":", 1)[1], ""))
+    return "".join(out)
+
+
+def parse_rule(text: str, *, captioners: list[str] | None = None,
+               questions: list[str] | None = None, has_ocr: bool = True) -> Rule:
+    """Parse and check one rule. ``captioners``/``questions``, when given, are what the
+    pipeline produces; a placeholder naming anything else is an error."""
+    kind, sep, arg = text.partition(":")
+    kind = kind.strip().lower()
+    if not sep:
+        raise EditRuleError(f"edit rule {text!r} has no kind; write KIND:ARG with KIND one of "
+                            f"template, replace, regex, style")
+    if kind == "template":
+        for ph in _placeholders(arg):
+            if ph in ("caption", "prompt"):
+                if ph == "caption" and captioners is not None and not captioners:
+                    raise EditRuleError(f"template {arg!r} uses {{caption}} but no captioner runs")
+                continue
+            if ph == "ocr":
+                if not has_ocr:
+                    raise EditRuleError(f"template {arg!r} uses {{ocr}} but OCR is off")
+                continue
+            if ph.startswith("caption:"):
+                name = ph.split(":", 1)[1]
+                if captioners is not None and name not in captioners:
+                    raise EditRuleError(f"template {arg!r}: {{{ph}}} names captioner {name!r}, "
+                                        f"which is not among {captioners}")
+                continue
+            if ph.startswith("vqa:"):
+                q = ph.split(":", 1)[1]
+                if questions is not None and q not in questions:
+                    raise EditRuleError(f"template {arg!r}: {{{ph}}} asks {q!r}, which is not "
+                                        f"among the VQA questions {questions}")
+                continue
+            raise EditRuleError(
+                f"template {arg!r}: unknown placeholder {{{ph}}}; use {{caption}}, "
+                f"{{caption:NAME}}, {{ocr}}, {{vqa:QUESTION}} or {{prompt}}")
+        return Rule("template", arg)
+    if kind == "replace":
+        old, eq, new = arg.partition("=")
+        if not eq or not old:
+            raise EditRuleError(f"replace rule {text!r}: write replace:OLD=NEW")
+        pat = re.compile(r"(?<!\w)" + re.escape(old) + r"(?!\w)", re.IGNORECASE)
+        return Rule("replace", arg, (pat, new))
+    if kind == "regex":
+        m = re.fullmatch(r"/((?:\\.|[^/\\])*)/((?:\\.|[^/\\])*)/([ims]*)", arg)
+        if not m:
+            raise EditRuleError(f"regex rule {text!r}: write regex:/PATTERN/REPLACEMENT/FLAGS "
+                                f"(escape / as \\/)")
+        pattern, repl, flags = m.groups()
+        pattern = pattern.replace("\\/", "/")
+        repl = repl.replace("\\/", "/")
+        fl = 0
+        for f in flags:
+            fl |= {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL}[f]
+        try:
+            compiled = re.compile(pattern, fl)
+            compiled.sub(repl, "")  # checks group references in the replacement
+        except re.error as e:
+            raise EditRuleError(f"regex rule {text!r}: {e}") from None
+        return Rule("regex", arg, (compiled, repl))
+    if kind == "style":
+        name = arg.strip().lower()
+        if name not in STYLES:
+            raise EditRuleError(f"unknown style {arg!r}; styles: {', '.join(sorted(STYLES))}")
+        return Rule("style", name)
+    raise EditRuleError(f"unknown edit rule kind {kind!r} in {text!r}; "
+                        f"use template, replace, regex or style")
+
+
+def parse_rules(rules: list[str], **ctx) -> list[Rule]:
+    return [parse_rule(r, **ctx) for r in rules]
+
+
+def build_prompt(rules: list[Rule], texts: Texts) -> str:
+    prompt = texts.base_prompt()
+    for r in rules:
+        prompt = r.apply(prompt, texts)
+    return " ".join(prompt.split())

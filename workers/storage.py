@@ -1,0 +1,311 @@
+"""Blob store over ``file://`` and ``s3://`` URIs.
+
+The store is the durable truth: inputs live under content-addressed keys
+(``inputs/<sha256>.<ext>``), outputs and result records under deterministic keys
+(``runs/<batch>/…``), so a re-run overwrites the same objects and never adds new ones.
+
+Workers only read inside the configured store: a URI outside its root (``..``,
+symlinks that escape, another bucket, another scheme) raises ``OutsideStoreError``
+before any read. S3 goes through boto3, which honours ``AWS_ENDPOINT_URL`` (MinIO,
+moto, any S3-compatible store) and retries transient errors with its own backoff.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import mimetypes
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlparse
+
+
+class StoreError(Exception):
+    """Base class for store errors."""
+
+
+class OutsideStoreError(StoreError):
+    """A URI points outside the configured store; nothing was read."""
+
+
+class NotFoundError(StoreError):
+    """The object does not exist."""
+
+
+class TransientStoreError(StoreError):
+    """A store request failed in a way worth retrying (throttling, 5xx, timeouts)."""
+
+
+def content_key(data: bytes, ext: str, prefix: str = "inputs") -> str:
+    """Content-addressed key: the same bytes always land on the same key."""
+    ext = ext.lower().lstrip(".") or "bin"
+    return f"{prefix}/{hashlib.sha256(data).hexdigest()[:32]}.{ext}"
+
+
+def _clean_key(key: str) -> str:
+    key = key.lstrip("/")
+    parts = PurePosixPath(key).parts
+    if any(p in ("..",) for p in parts) or "\x00" in key:
+        raise OutsideStoreError(f"key {key!r} escapes the store")
+    return key
+
+
+class Store:
+    """Common interface; ``open_store(uri)`` returns a FileStore or an S3Store."""
+
+    uri: str
+
+    # --- keys and URIs ---------------------------------------------------
+    def url(self, key: str) -> str:
+        return f"{self.uri.rstrip('/')}/{_clean_key(key)}"
+
+    def key_of(self, uri_or_key: str) -> str:
+        """The key for a URI inside this store; a bare key is taken as is."""
+        raise NotImplementedError
+
+    # --- bytes ------------------------------------------------------------
+    def put(self, key: str, data: bytes, content_type: str | None = None) -> str:
+        raise NotImplementedError
+
+    def get(self, uri_or_key: str) -> bytes:
+        raise NotImplementedError
+
+    def exists(self, uri_or_key: str) -> bool:
+        raise NotImplementedError
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys under ``prefix``, in lexical order."""
+        raise NotImplementedError
+
+    def delete(self, uri_or_key: str) -> None:
+        raise NotImplementedError
+
+    def presign(self, uri_or_key: str, expires: int = 7 * 24 * 3600) -> str:
+        return self.url(self.key_of(uri_or_key))
+
+    # --- conveniences -----------------------------------------------------
+    def put_json(self, key: str, obj) -> str:
+        return self.put(key, json.dumps(obj, ensure_ascii=False, sort_keys=False).encode(),
+                        "application/json")
+
+    def get_json(self, uri_or_key: str):
+        return json.loads(self.get(uri_or_key))
+
+    def put_image(self, key: str, image, format: str = "PNG") -> str:
+        buf = io.BytesIO()
+        image.save(buf, format=format)
+        return self.put(key, buf.getvalue(), mimetypes.types_map.get("." + format.lower()))
+
+    def put_content(self, data: bytes, ext: str, prefix: str = "inputs") -> tuple[str, bool]:
+        """Store bytes under their content key; returns (uri, written) — skips existing objects."""
+        key = content_key(data, ext, prefix)
+        if self.exists(key):
+            return self.url(key), False
+        return self.put(key, data), True
+
+
+class FileStore(Store):
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser().resolve()
+        self.uri = self.root.as_uri()
+
+    def _path(self, uri_or_key: str) -> Path:
+        key = self.key_of(uri_or_key)
+        p = (self.root / key)
+        real = p.resolve()
+        if real != self.root and self.root not in real.parents:
+            raise OutsideStoreError(f"{uri_or_key!r} resolves outside the store {self.uri}")
+        return p
+
+    def key_of(self, uri_or_key: str) -> str:
+        u = urlparse(uri_or_key)
+        if u.scheme == "file":
+            path = Path(unquote(u.path))
+            absolute = Path(os.path.normpath(path))
+            if absolute != self.root and self.root not in absolute.parents:
+                raise OutsideStoreError(f"{uri_or_key!r} is outside the store {self.uri}")
+            return _clean_key(absolute.relative_to(self.root).as_posix())
+        if u.scheme and len(u.scheme) > 1:  # not a Windows drive letter
+            raise OutsideStoreError(
+                f"{uri_or_key!r}: scheme {u.scheme!r} is not this store's (file://)")
+        if uri_or_key.startswith("/"):
+            raise OutsideStoreError(f"{uri_or_key!r} is an absolute path, not a store key")
+        return _clean_key(uri_or_key)
+
+    def put(self, key, data, content_type=None):
+        p = self._path(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, p)  # atomic: readers see the old or the new object, never half
+        return self.url(self.key_of(key))
+
+    def get(self, uri_or_key):
+        p = self._path(uri_or_key)
+        try:
+            return p.read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"no object {uri_or_key!r} in {self.uri}") from None
+        except IsADirectoryError:
+            raise NotFoundError(f"{uri_or_key!r} is a folder, not an object") from None
+
+    def exists(self, uri_or_key):
+        return self._path(uri_or_key).is_file()
+
+    def list(self, prefix=""):
+        prefix = _clean_key(prefix) if prefix else ""
+        base = self.root / prefix
+        start = base if base.is_dir() else base.parent
+        if not start.exists():
+            return
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames.sort()
+            for f in sorted(filenames):
+                if f.startswith(".") and f.endswith(".tmp"):
+                    continue
+                key = (Path(dirpath) / f).relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    yield key
+
+    def delete(self, uri_or_key):
+        try:
+            self._path(uri_or_key).unlink()
+        except FileNotFoundError:
+            pass
+
+    def local_path(self, uri_or_key: str) -> Path:
+        return self._path(uri_or_key)
+
+
+def _s3_client():
+    import boto3
+    from botocore.config import Config
+
+    cfg = Config(retries={"max_attempts": 6, "mode": "standard"},
+                 connect_timeout=5, read_timeout=60, max_pool_connections=32)
+    return boto3.session.Session().client("s3", config=cfg)
+
+
+class S3Store(Store):
+    def __init__(self, uri: str, client=None):
+        u = urlparse(uri)
+        self.bucket = u.netloc
+        if not self.bucket:
+            raise ValueError(f"{uri!r}: an s3 store needs a bucket, e.g. s3://bucket/prefix")
+        self.prefix = u.path.strip("/")
+        self.uri = f"s3://{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
+        self._client = client
+        self._lock = threading.Lock()
+
+    @property
+    def client(self):
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = _s3_client()
+        return self._client
+
+    def _full(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def key_of(self, uri_or_key):
+        u = urlparse(uri_or_key)
+        if u.scheme == "s3":
+            if u.netloc != self.bucket:
+                raise OutsideStoreError(
+                    f"{uri_or_key!r} is in bucket {u.netloc!r}, not this store's {self.bucket!r}")
+            path = u.path.lstrip("/")
+            if self.prefix:
+                if not path.startswith(self.prefix + "/"):
+                    raise OutsideStoreError(f"{uri_or_key!r} is outside the store {self.uri}")
+                path = path[len(self.prefix) + 1:]
+            return _clean_key(path)
+        if u.scheme:
+            raise OutsideStoreError(f"{uri_or_key!r}: scheme {u.scheme!r} is not this store's (s3://)")
+        return _clean_key(uri_or_key)
+
+    def _call(self, fn, **kw):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(**kw)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise NotFoundError(f"no object {kw.get('Key')!r} in s3://{self.bucket}") from None
+            if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
+                raise TransientStoreError(f"S3 {code or status}: {e}") from e
+            raise StoreError(f"S3 {code or status}: {e}") from e
+        except BotoCoreError as e:
+            raise TransientStoreError(f"S3 request failed: {e}") from e
+
+    def put(self, key, data, content_type=None):
+        key = self.key_of(key)
+        extra = {"ContentType": content_type} if content_type else {}
+        self._call(self.client.put_object, Bucket=self.bucket, Key=self._full(key), Body=data, **extra)
+        return self.url(key)
+
+    def get(self, uri_or_key):
+        key = self.key_of(uri_or_key)
+        r = self._call(self.client.get_object, Bucket=self.bucket, Key=self._full(key))
+        return r["Body"].read()
+
+    def exists(self, uri_or_key):
+        key = self.key_of(uri_or_key)
+        try:
+            self._call(self.client.head_object, Bucket=self.bucket, Key=self._full(key))
+            return True
+        except NotFoundError:
+            return False
+        except StoreError as e:
+            if "404" in str(e) or "Not Found" in str(e):
+                return False
+            raise
+
+    def list(self, prefix=""):
+        prefix = _clean_key(prefix) if prefix else ""
+        paginator = self.client.get_paginator("list_objects_v2")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full(prefix)):
+            for obj in page.get("Contents", []):
+                yield obj["Key"][strip:]
+
+    def delete(self, uri_or_key):
+        key = self.key_of(uri_or_key)
+        self._call(self.client.delete_object, Bucket=self.bucket, Key=self._full(key))
+
+    def presign(self, uri_or_key, expires=7 * 24 * 3600):
+        key = self.key_of(uri_or_key)
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._full(key)}, ExpiresIn=expires)
+
+
+_STORES: dict[str, Store] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def open_store(uri: str | None = None) -> Store:
+    """The store for ``uri`` (default: ``ITX_STORE``), one instance per URI per process."""
+    if uri is None:
+        from workers.settings import get_settings
+
+        uri = get_settings().store
+    with _STORES_LOCK:
+        st = _STORES.get(uri)
+        if st is None:
+            u = urlparse(uri)
+            if u.scheme == "s3":
+                st = S3Store(uri)
+            elif u.scheme == "file":
+                # file://./rel and file:///abs both work
+                path = unquote(u.netloc + u.path) if u.netloc in (".", "..") else unquote(u.path)
+                st = FileStore(path)
+            elif not u.scheme or len(u.scheme) == 1:
+                st = FileStore(uri)
+            else:
+                raise ValueError(f"unsupported store {uri!r}: use file:///path or s3://bucket/prefix")
+            _STORES[uri] = st
+        return st
