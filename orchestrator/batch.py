@@ -13,11 +13,10 @@ Status, results and resume are derived from the store, never from Redis.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import time
 import urllib.request
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -119,14 +118,16 @@ def stage_item(item: InputItem, store, spec_fp: str) -> dict:
 
 def stage_items(items: Iterable[InputItem], store, spec_fp: str, threads: int = 16,
                 window: int = 256) -> Iterator[dict]:
-    """Upload in parallel, yield in input order; at most ``window`` items in flight."""
+    """Upload in parallel, yield in input order as soon as each is ready; at most ``window``
+    items in flight, so memory stays flat and chunks form while inputs are still arriving."""
+    inflight: deque = deque()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="itx-stage") as pool:
-        it = iter(items)
-        while True:
-            block = list(itertools.islice(it, window))
-            if not block:
-                return
-            yield from pool.map(lambda x: stage_item(x, store, spec_fp), block)
+        for item in items:
+            inflight.append(pool.submit(stage_item, item, store, spec_fp))
+            while inflight and (len(inflight) >= window or inflight[0].done()):
+                yield inflight.popleft().result()
+        while inflight:
+            yield inflight.popleft().result()
 
 
 # --- batches ----------------------------------------------------------------------------

@@ -40,8 +40,10 @@ Vqa = Annotated[Optional[list[str]], typer.Option("--vqa", help="A question for 
 Edit = Annotated[Optional[list[str]], typer.Option(
     "--edit", help="Edit rule, applied in order: template:…, replace:a=b, regex:/p/r/, style:NAME.")]
 Generator = Annotated[Optional[str], typer.Option("--generator", help="sd | sd-img2img | if | none.")]
-Steps = Annotated[int, typer.Option("--steps", help="Diffusion steps.")]
-Size = Annotated[str, typer.Option("--size", help="Output size WIDTHxHEIGHT (multiples of 8).")]
+Steps = Annotated[Optional[int], typer.Option("--steps", help="Diffusion steps (default: the "
+                                                               "profile's).")]
+Size = Annotated[Optional[str], typer.Option("--size", help="Output size WIDTHxHEIGHT, multiples "
+                                             "of 8 (default: the profile's).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed: the same seed gives the same pixels.")]
 N = Annotated[int, typer.Option("--n", help="Generated images per item.")]
 Strength = Annotated[float, typer.Option("--strength", help="img2img: how far from the source.")]
@@ -119,7 +121,7 @@ def run(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (a file:// store).")]
     = Path("out"),
     profile: Profile = None, captioners: Captioners = None, ocr: Ocr = None, vqa: Vqa = None,
-    edit: Edit = None, generator: Generator = None, steps: Steps = 25, size: Size = "512x512",
+    edit: Edit = None, generator: Generator = None, steps: Steps = None, size: Size = None,
     seed: Seed = 0, n: N = 1, strength: Strength = 0.75, coco: Coco = None, images: Images = None,
     limit: Limit = None, ids: Ids = None, chunk: Chunk = None,
 ):
@@ -183,7 +185,7 @@ def submit(
                                          "without a result record.")] = False,
     chunk: Chunk = None,
     profile: Profile = None, captioners: Captioners = None, ocr: Ocr = None, vqa: Vqa = None,
-    edit: Edit = None, generator: Generator = None, steps: Steps = 25, size: Size = "512x512",
+    edit: Edit = None, generator: Generator = None, steps: Steps = None, size: Size = None,
     seed: Seed = 0, n: N = 1, strength: Strength = 0.75, coco: Coco = None, images: Images = None,
     limit: Limit = None, ids: Ids = None,
 ):

@@ -247,8 +247,10 @@ def _generate(spec, name, ref, todo, sources, store, w, h, batch):
     n = min(spec.n, get_settings().max_outputs_per_item)
     kwargs = dict(width=w, height=h, steps=spec.steps, n=n,
                   strength=spec.strength, guidance_scale=spec.guidance)
+    from workers.stages.generate import item_seeds
+
     prompts = [r["prompt"] for r in todo]
-    seeds = [spec.seed] * len(todo)
+    seeds = item_seeds(spec.seed, [r["id"] for r in todo])  # stable per item, any chunking
     t0 = time.perf_counter()
     try:
         outs = backend.run(prompts, sources, seeds, **kwargs)

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     preload: bool = False  # load this pool's models when a worker process starts
+    models_uri: str = ""  # s3://bucket/models: the set `itx models pull --from` reads (k8s init)
+    heartbeat_file: Path | None = None  # touched at each worker heartbeat; probes read its age
 
     # --- limits on input (each has its own error) ------------------------
     max_pixels: int = 40_000_000

@@ -31,8 +31,8 @@ class PipelineSpec(BaseModel):
     vqa: list[str] = Field(default_factory=list)
     edits: list[str] = Field(default_factory=list)
     generator: str | None = None
-    steps: int = Field(25, ge=1, le=500)
-    size: str = "512x512"
+    steps: int | None = Field(None, ge=1, le=500)  # None: the profile's default
+    size: str | None = None  # WIDTHxHEIGHT; None: the profile's default
     seed: int = Field(0, ge=0, lt=2**63)
     n: int = Field(1, ge=1)
     strength: float = Field(0.75, gt=0.0, le=1.0)
@@ -41,7 +41,9 @@ class PipelineSpec(BaseModel):
 
     @field_validator("size")
     @classmethod
-    def _size(cls, v: str) -> str:
+    def _size(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", v)
         if not m:
             raise ValueError(f"size {v!r}: write WIDTHxHEIGHT, e.g. 512x512")
@@ -79,6 +81,7 @@ class PipelineSpec(BaseModel):
         spec = self.model_copy(update=dict(
             profile=p, ocr=None if ocr in OFF else ocr, captioners=caps,
             generator=None if gen in OFF else gen,
+            size=self.size or d["size"], steps=self.steps or d["steps"],
             caption_for_prompt=self.caption_for_prompt or (caps[0] if caps else None)))
         spec.rules(extra_questions=[])  # checks every rule before any work starts
         return spec
@@ -91,7 +94,7 @@ class PipelineSpec(BaseModel):
 
     @property
     def width_height(self) -> tuple[int, int]:
-        w, h = self.size.split("x")
+        w, h = (self.size or "512x512").split("x")
         return int(w), int(h)
 
     def model_ref(self, stage: str, backend: str) -> str:

@@ -17,6 +17,18 @@ _CACHE: dict[tuple, object] = {}
 _LOCK = threading.RLock()
 
 
+def _quiet() -> None:
+    """No per-load progress bars from the libraries in worker logs."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for mod in ("transformers", "diffusers"):
+        try:
+            __import__(f"{mod}.utils.logging", fromlist=["x"]).disable_progress_bar()
+        except Exception:
+            pass
+
+
 def load_backend(stage: str, name: str, *, ref: str | None = None, profile: str | None = None,
                  device: str | None = None, dtype: str | None = None):
     """Return the loaded backend instance for ``stage``/``name``, loading it on first use."""
@@ -29,6 +41,7 @@ def load_backend(stage: str, name: str, *, ref: str | None = None, profile: str 
         backend = _CACHE.get(key)
         if backend is None:
             cls = get_backend_class(stage, name)
+            _quiet()
             backend = cls()
             backend.ref = ref
             backend.load(resolve_model(ref), dev, dt)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 PROFILES: dict[str, dict] = {
     "base": {
-        "defaults": {"ocr": "easyocr", "captioners": ["blip", "git", "vit-gpt2"], "generator": "sd"},
+        "defaults": {"ocr": "easyocr", "captioners": ["blip", "git", "vit-gpt2"], "generator": "sd",
+                     "size": "512x512", "steps": 25},
         "models": {
             "ocr:easyocr": "easyocr/en",
             "ocr:rapidocr": "builtin",
@@ -24,7 +25,8 @@ PROFILES: dict[str, dict] = {
         },
     },
     "large": {
-        "defaults": {"ocr": "easyocr", "captioners": ["blip", "git", "vit-gpt2"], "generator": "sd"},
+        "defaults": {"ocr": "easyocr", "captioners": ["blip", "git", "vit-gpt2"], "generator": "sd",
+                     "size": "1024x1024", "steps": 30},
         "models": {
             "ocr:easyocr": "easyocr/en",
             "ocr:rapidocr": "builtin",
@@ -39,7 +41,9 @@ PROFILES: dict[str, dict] = {
         },
     },
     "tiny-random": {
-        "defaults": {"ocr": "rapidocr", "captioners": ["blip", "git", "vit-gpt2"], "generator": "sd"},
+        # small outputs and few steps: a smoke run of the whole cycle takes seconds
+        "defaults": {"ocr": "rapidocr", "captioners": ["blip", "git", "vit-gpt2"], "generator": "sd",
+                     "size": "64x64", "steps": 4},
         "models": {
             "ocr:easyocr": "tiny-random/easyocr",
             "ocr:rapidocr": "builtin",
