@@ -13,6 +13,8 @@ Status, results and resume are derived from the store, never from Redis.
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 import json
 import time
 import urllib.request
@@ -116,18 +118,56 @@ def stage_item(item: InputItem, store, spec_fp: str) -> dict:
             "error": None, **extra}
 
 
+class _Raised:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_END = object()
+
+
 def stage_items(items: Iterable[InputItem], store, spec_fp: str, threads: int = 16,
-                window: int = 256) -> Iterator[dict]:
-    """Upload in parallel, yield in input order as soon as each is ready; at most ``window``
-    items in flight, so memory stays flat and chunks form while inputs are still arriving."""
+                window: int = 256, tick: float = 0.5) -> Iterator[dict | None]:
+    """Upload in parallel and yield chunk items in input order as soon as each is ready.
+
+    At most ``window`` items are in flight, so memory stays flat. Inputs are read in a thread,
+    so a slow source (a pipe, a listing) never holds back items already staged: while waiting
+    it yields ``None`` every ``tick`` seconds, letting the caller flush a partial chunk.
+    """
+    q: queue.Queue = queue.Queue(maxsize=window)
+
+    def produce():
+        try:
+            for it in items:
+                q.put(it)
+        except BaseException as e:  # surfaced in the caller's thread
+            q.put(_Raised(e))
+        finally:
+            q.put(_END)
+
+    threading.Thread(target=produce, name="itx-inputs", daemon=True).start()
     inflight: deque = deque()
+    ended = False
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="itx-stage") as pool:
-        for item in items:
-            inflight.append(pool.submit(stage_item, item, store, spec_fp))
-            while inflight and (len(inflight) >= window or inflight[0].done()):
+        while not ended or inflight:
+            while inflight and inflight[0].done():
                 yield inflight.popleft().result()
-        while inflight:
-            yield inflight.popleft().result()
+            if ended or len(inflight) >= window:
+                if inflight:
+                    yield inflight.popleft().result()
+                continue
+            try:
+                it = q.get(timeout=0.02 if inflight else tick)
+            except queue.Empty:
+                if not inflight:
+                    yield None  # idle: the source is slow
+                continue
+            if it is _END:
+                ended = True
+            elif isinstance(it, _Raised):
+                raise it.exc
+            else:
+                inflight.append(pool.submit(stage_item, it, store, spec_fp))
 
 
 # --- batches ----------------------------------------------------------------------------
@@ -257,7 +297,7 @@ def submit(inputs: Iterable[str], spec: PipelineSpec, *, name: str | None = None
            chunk: int | None = None, resume: bool = False, coco: str | None = None,
            images: str | None = None, limit: int | None = None, ids: list[int] | None = None,
            store=None, app=None, on_chunk: Callable[[dict, dict | None], None] | None = None,
-           order: list | None = None) -> Batch:
+           order: list | None = None, flush_after: float = 2.0) -> Batch:
     """Stream inputs into the store and enqueue one canvas per chunk, as chunks form.
 
     Items that already have a result record in this batch are not submitted again.
@@ -316,7 +356,13 @@ def submit(inputs: Iterable[str], spec: PipelineSpec, *, name: str | None = None
         nchunk += 1
         buf = []
 
+    last_flush = time.monotonic()
     for it in stage_items(items, store, fp):
+        if it is None:  # the input is slow: do not hold a partial chunk back for long
+            if buf and time.monotonic() - last_flush > flush_after:
+                flush()
+                last_flush = time.monotonic()
+            continue
         if it["id"] in seen:  # the same image twice in one batch: one record
             continue
         seen.add(it["id"])
@@ -328,5 +374,6 @@ def submit(inputs: Iterable[str], spec: PipelineSpec, *, name: str | None = None
         buf.append(it)
         if len(buf) >= chunk:
             flush()
+            last_flush = time.monotonic()
     flush()
     return batch

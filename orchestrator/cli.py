@@ -301,6 +301,136 @@ def models_list(profile: Profile = None):
     out_console.print(t)
 
 
+@models_app.command("pull")
+def models_pull(
+    profile: Profile = None,
+    pool: Annotated[Optional[str], typer.Option("--pool", help="Only one pool's models: "
+                                                "light or heavy.")] = None,
+    to: Annotated[Optional[Path], typer.Option("--to", help="Destination (default: "
+                                               "ITX_MODEL_DIR).")] = None,
+    from_: Annotated[Optional[str], typer.Option("--from", help="Pull a pushed model set from "
+                                                 "a store (s3://… or file://…), checksums "
+                                                 "verified, instead of the hub.")] = None,
+):
+    """Download a profile's weights (hub -> local directory, EasyOCR included), or a model set
+    from your own store with --from (default: ITX_MODELS_URI when set)."""
+    from workers.models.distribute import DistributionError, pull_models_from, pull_models_from_hub
+    from workers.settings import get_settings
+
+    s = get_settings()
+    dest = to or s.model_dir
+    src = from_ or (s.models_uri if not profile or pool else None) or None
+    try:
+        if src:
+            prof = (profile or s.profile) if pool else profile
+            t = pull_models_from(src, dest, profile=prof, pool=pool)
+            out_console.print(f"pulled {src} -> {dest}: {t}")
+        else:
+            res = pull_models_from_hub(profile or s.profile, dest, pool=pool)
+            for ref, why in res.skipped.items():
+                console.print(f"[yellow]skipped[/] {ref}: {why}", highlight=False)
+            out_console.print(f"{len(res.pulled)} models in {dest}")
+    except (DistributionError, ValueError) as e:
+        fail(str(e), 1)
+
+
+@models_app.command("push")
+def models_push(src: Annotated[Path, typer.Argument(help="Local model directory.")],
+                uri: Annotated[str, typer.Argument(help="Destination: s3://bucket/prefix.")]):
+    """Upload a model directory to your store with a checksum manifest, for `pull --from`."""
+    from workers.models.distribute import DistributionError, push_models
+
+    try:
+        t = push_models(src, uri)
+    except (DistributionError, ValueError) as e:
+        fail(str(e), 1)
+    out_console.print(f"pushed {src} -> {uri}: {t}")
+
+
+# --- itx eval / report -----------------------------------------------------------------------
+def _records_of(source: str) -> tuple[list[dict], Optional[str]]:
+    """A manifest path, or a batch name in the configured store."""
+    from orchestrator.batch import Batch, BatchError
+    from orchestrator.evaluate import load_manifest
+
+    p = Path(source)
+    if p.is_file() or source.startswith("file://"):
+        return load_manifest(source), None
+    try:
+        b = Batch(source)
+        b.meta()
+    except BatchError as e:
+        fail(f"{source!r} is neither a manifest file nor a batch: {e}")
+    return list(b.results()), b.store.uri
+
+
+@app.command("eval")
+def eval_cmd(
+    manifest: Annotated[str, typer.Argument(help="manifest.jsonl (or a batch name).")],
+    coco: Annotated[Optional[Path], typer.Option("--coco", help="COCO captions annotations.")]
+    = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics as JSON.")]
+    = None,
+    vqa_annotations: Annotated[Optional[Path], typer.Option(
+        "--vqa-annotations", help="VQA-format annotations: score the answers too.")] = None,
+    vqa_questions: Annotated[Optional[Path], typer.Option(
+        "--vqa-questions", help="VQA-format questions file (with --vqa-annotations).")] = None,
+):
+    """Caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE) against COCO references,
+    and VQA accuracy."""
+    from orchestrator.evaluate import caption_metrics, format_table, vqa_accuracy
+
+    if not coco and not vqa_annotations:
+        fail("give --coco ANNOTATIONS and/or --vqa-annotations FILE")
+    records, _ = _records_of(manifest)
+    result: dict = {}
+    try:
+        if coco:
+            result = caption_metrics(records, coco)
+            out_console.print(format_table(result))
+        if vqa_annotations:
+            acc = vqa_accuracy(records, vqa_annotations, vqa_questions)
+            result["vqa"] = acc
+            out_console.print(f"VQA accuracy: {acc['accuracy'] * 100:.2f} % over "
+                              f"{acc['questions']} questions")
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        fail(str(e))
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=1))
+        out_console.print(f"-> {json_out}")
+
+
+@app.command()
+def report(
+    source: Annotated[str, typer.Argument(help="A batch name or a manifest.jsonl.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("report"),
+    page_size: Annotated[int, typer.Option("--page-size", help="Cards per page.")] = 100,
+    max_sheet: Annotated[int, typer.Option("--sheet-items", help="Items on the contact sheet.")]
+    = 64,
+):
+    """An HTML gallery (one card per item, paginated) and a contact-sheet PNG."""
+    from orchestrator.report import contact_sheet, default_resolver, write_report
+    from workers.storage import open_store
+
+    records, store_uri = _records_of(source)
+    if not records:
+        fail(f"{source}: no records")
+    out.mkdir(parents=True, exist_ok=True)
+    resolver = default_resolver(out)
+    if any(str(r.get("image") or "").startswith("s3://") for r in records):
+        local = resolver
+
+        def resolver(uri):  # noqa: F811 - presigned URLs for s3://, relative paths otherwise
+            if uri and uri.startswith("s3://"):
+                b = uri[5:].split("/", 1)[0]
+                return open_store(f"s3://{b}").presign(uri)
+            return local(uri)
+    sheet, grid = contact_sheet(records, out / "contact-sheet.png", max_items=max_sheet)
+    index = write_report(records, out, resolve_image=resolver, page_size=page_size,
+                         contact_sheet="contact-sheet.png")
+    out_console.print(f"{len(records)} items -> {index} (contact sheet {grid[0]}x{grid[1]}: {sheet})")
+
+
 def main():
     try:
         app()

@@ -148,7 +148,7 @@ def iter_inputs(inputs: Iterable[str], *, coco: str | None = None, images: str |
             p = Path(ref).expanduser()
             if p.is_dir():
                 yield from iter_folder(p)
-            elif p.is_file() and p.suffix.lower() in (".jsonl", ".csv"):
+            elif p.suffix.lower() in (".jsonl", ".csv") and (p.is_file() or p.is_fifo()):
                 yield from iter_manifest(p)
             elif p.exists() or p.is_symlink():
                 yield InputItem(source=ref, path=p)

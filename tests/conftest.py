@@ -1,6 +1,6 @@
 """Shared test fixtures. Tests run offline on CPU with the tiny-random profile.
 
-Tiny checkpoints are built once into ``<repo>/.itx-models`` (or ``$ITX_TEST_MODEL_DIR``)
+Tiny checkpoints are built once into ``<repo>/.itx-models`` (or ``$ITX_MODEL_DIR``)
 through the real builder and then loaded through the production loader.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_DIR = Path(os.environ.get("ITX_TEST_MODEL_DIR", REPO / ".itx-models"))
+MODEL_DIR = Path(os.environ.get("ITX_MODEL_DIR") or REPO / ".itx-models")
 
 os.environ.setdefault("ITX_MODEL_DIR", str(MODEL_DIR))
 os.environ.setdefault("ITX_PROFILE", "tiny-random")

@@ -9,6 +9,7 @@ Only JSON crosses the broker; a message in any other serialization is rejected.
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import heartbeat_sent
 from kombu import Queue
 
 from workers.settings import get_settings
@@ -52,8 +53,22 @@ def celery_config(s=None) -> dict:
         # keep a worker healthy over millions of items
         worker_max_tasks_per_child=s.max_tasks_per_child or None,
         worker_max_memory_per_child=s.max_memory_per_child_kb or None,
+        # a pool process that loads models at start (ITX_PRELOAD) needs longer to report alive
+        worker_proc_alive_timeout=300 if s.preload else 4,
     )
 
 
 app = Celery("itx", include=["workers.tasks"])
 app.conf.update(celery_config())
+
+
+@heartbeat_sent.connect
+def _touch_heartbeat_file(sender=None, **_):
+    """Container liveness: the worker's main loop touches ITX_HEARTBEAT_FILE at each event
+    heartbeat (every 2 s); probes read its age (docker/Dockerfile HEALTHCHECK, k8s/base)."""
+    path = get_settings().heartbeat_file
+    if path is not None:
+        try:
+            path.touch()
+        except OSError:
+            pass

@@ -24,7 +24,7 @@ import threading
 import uuid
 from collections.abc import Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
@@ -38,7 +38,10 @@ log = logging.getLogger(__name__)
 MANIFEST = "MANIFEST.json"
 MANIFEST_VERSION = 1
 # which stages each worker pool runs (workers/app.py routes their tasks to these queues)
-POOL_STAGES: dict[str, tuple[str, ...]] = {"light": ("ocr", "caption", "vqa"), "heavy": ("generate",)}
+POOL_STAGES: dict[str, tuple[str, ...]] = {
+    "light": ("ocr", "caption", "vqa"),
+    "heavy": ("generate",),
+}
 # not weights: left behind by downloads and atomic builds, never pushed
 _SKIP_SUFFIXES = (".lock", ".incomplete", ".part", ".tmp")
 _MiB = 1024 * 1024
@@ -60,6 +63,7 @@ class Transfer:
     transferred: int = 0  # files actually uploaded / downloaded
     skipped: int = 0      # already there with the right checksum
     bytes: int = 0        # bytes actually moved
+    not_in_set: list[str] = field(default_factory=list)  # optional models the set lacks
 
     def add(self, transferred: bool, nbytes: int = 0) -> None:
         with _COUNT_LOCK:
@@ -70,8 +74,18 @@ class Transfer:
                 self.skipped += 1
 
     def __str__(self) -> str:
-        return (f"{self.files} files: {self.transferred} transferred "
+        text = (f"{self.files} files: {self.transferred} transferred "
                 f"({self.bytes / _MiB:.1f} MiB), {self.skipped} already up to date")
+        if self.not_in_set:
+            text += f"; not in the set (optional): {', '.join(self.not_in_set)}"
+        return text
+
+
+@dataclass
+class HubPull:
+    """What a hub pull fetched, and the optional models it could not (ref -> why)."""
+    pulled: list[Path] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 # --- which models ----------------------------------------------------------------------------
@@ -84,6 +98,19 @@ def profile_refs(profile: str, pool: str | None = None) -> list[str]:
     refs = {ref for key, ref in get_profile(profile)["models"].items()
             if ref != "builtin" and (stages is None or key.split(":", 1)[0] in stages)}
     return sorted(refs)
+
+
+def required_refs(profile: str, pool: str | None = None) -> list[str]:
+    """The refs that the profile's default pipeline loads: its OCR backend, captioners and
+    generator, and VQA (one backend). The others (e.g. DeepFloyd IF, gated on the hub) are
+    optional: a pull that cannot get them warns and goes on."""
+    prof = get_profile(profile)
+    d = prof["defaults"]
+    keys = {f"ocr:{d['ocr']}", f"generate:{d['generator']}",
+            *(f"caption:{c}" for c in d["captioners"]),
+            *(k for k in prof["models"] if k.startswith("vqa:"))}
+    return sorted({ref for key, ref in prof["models"].items() if key in keys}
+                  & set(profile_refs(profile, pool)))
 
 
 _HUB_IGNORE = (
@@ -127,31 +154,54 @@ def select_hub_files(files: Iterable[str]) -> list[str]:
 
 # --- hub -> local directory --------------------------------------------------------------------
 def pull_models_from_hub(profile: str, dest_dir: str | Path, *, pool: str | None = None,
-                         workers: int = 8) -> list[Path]:
+                         strict: bool = False, workers: int = 8) -> HubPull:
     """Download every model of ``profile`` (or of one ``pool``'s stages) into ``dest_dir/<ref>``,
     where the loader looks for them (``$ITX_MODEL_DIR/<ref>``).
 
     Hub models go through ``huggingface_hub.snapshot_download`` (only the files PyTorch
     inference needs; ``HF_TOKEN`` for gated ones), EasyOCR's weights through EasyOCR's own
     downloader, and ``tiny-random/*`` models are built locally (no network at all).
+    A model the default pipeline needs (``required_refs``) that cannot be fetched is an error
+    once the others are done; an optional one is skipped with its reason (``strict``: error).
     """
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    out = []
+    required = set(required_refs(profile, pool))
+    result, failed = HubPull(), {}
     for ref in profile_refs(profile, pool):
         target = dest_dir / ref
-        if ref.startswith(TINY_PREFIX):
-            from workers.models.tiny import build
+        try:
+            if ref.startswith(TINY_PREFIX):
+                from workers.models.tiny import build
 
-            out.append(build(ref[len(TINY_PREFIX):], dest_dir))
-        elif ref.startswith("easyocr/"):
-            from workers.stages.ocr import pull_easyocr
-
-            out.append(Path(pull_easyocr(target, lang=ref.split("/", 1)[1])))
-        else:
-            out.append(_snapshot(ref, target, workers))
+                result.pulled.append(build(ref[len(TINY_PREFIX):], dest_dir))
+            elif ref.startswith("easyocr/"):
+                result.pulled.append(_easyocr(ref, target))
+            else:
+                result.pulled.append(_snapshot(ref, target, workers))
+        except DistributionError as e:
+            if strict or ref in required:
+                failed[ref] = str(e)
+            else:
+                result.skipped[ref] = str(e)
+                log.warning("skipped optional model %s: %s", ref, e)
+            continue
         log.info("pulled %s -> %s", ref, target)
-    return out
+    if failed:
+        raise DistributionError("\n".join(failed.values()))
+    return result
+
+
+def _easyocr(ref: str, target: Path) -> Path:
+    from workers.stages.ocr import pull_easyocr
+
+    try:
+        return Path(pull_easyocr(target, lang=ref.split("/", 1)[1]))
+    except Exception as e:  # EasyOCR's downloader raises whatever urllib raises
+        raise DistributionError(
+            f"could not download EasyOCR's weights for {ref!r} ({type(e).__name__}: {e}). "
+            f"Run this where EasyOCR's download site is reachable, or pull from your own "
+            f"store: `itx models pull --from s3://…`.") from e
 
 
 def _snapshot(ref: str, target: Path, workers: int) -> Path:
@@ -247,14 +297,23 @@ def pull_models_from(uri: str, dest_dir: str | Path, *, refs: Iterable[str] | No
     dest_dir = Path(dest_dir)
     remote = _Remote(uri, part_size)
     files: dict[str, dict] = remote.manifest()["files"]
+    optional: set[str] = set()
     if refs is None and profile is not None:
         refs = profile_refs(profile, pool)
+        optional = set(refs) - set(required_refs(profile, pool))
+    not_in_set = []
     if refs is not None:
         refs = list(refs)
-        chosen = {rel: e for rel, e in files.items()
-                  if any(rel == r or rel.startswith(r.rstrip("/") + "/") for r in refs)}
-        missing = [r for r in refs
-                   if not any(rel == r or rel.startswith(r.rstrip("/") + "/") for rel in chosen)]
+
+        def under(rel: str, ref: str) -> bool:
+            return rel == ref or rel.startswith(ref.rstrip("/") + "/")
+
+        chosen = {rel: e for rel, e in files.items() if any(under(rel, r) for r in refs)}
+        absent = [r for r in refs if not any(under(rel, r) for rel in chosen)]
+        not_in_set = [r for r in absent if r in optional]
+        missing = [r for r in absent if r not in optional]
+        for r in not_in_set:
+            log.warning("optional model %s is not in the set at %s; skipped", r, uri)
         if missing:
             have = sorted({"/".join(rel.split("/")[:2]) for rel in files})
             raise DistributionError(
@@ -262,7 +321,7 @@ def pull_models_from(uri: str, dest_dir: str | Path, *, refs: Iterable[str] | No
                 f"Push a directory that holds them: `itx models pull --profile P --to DIR` "
                 f"then `itx models push DIR {uri}`.")
         files = chosen
-    result = Transfer(files=len(files))
+    result = Transfer(files=len(files), not_in_set=not_in_set)
 
     def one(rel: str) -> None:
         entry = files[rel]
@@ -328,8 +387,8 @@ class _Remote:
     def _transfer_config(self):
         from boto3.s3.transfer import TransferConfig
 
-        return TransferConfig(multipart_threshold=self.part_size, multipart_chunksize=self.part_size,
-                              max_concurrency=4, use_threads=True)
+        return TransferConfig(multipart_threshold=self.part_size,
+                              multipart_chunksize=self.part_size, max_concurrency=4)
 
     def manifest(self) -> dict:
         try:

@@ -65,6 +65,15 @@ def load_processing(ref: str):
     return None, AutoImageProcessor.from_pretrained(ref), tok
 
 
+def image_kwargs(image_processor, device: str) -> dict[str, Any]:
+    """Torchvision-backed image processors resize on the model's device (the GPU, where one is)."""
+    try:
+        from transformers.image_processing_backends import TorchvisionBackend
+    except ImportError:  # a transformers without the torchvision backend
+        return {}
+    return {"device": device} if isinstance(image_processor, TorchvisionBackend) else {}
+
+
 def to_device(inputs, device: str, dtype) -> dict[str, Any]:
     """Move a processor's output to the model: float tensors (pixels) take the model's dtype."""
     out = {}
@@ -94,11 +103,14 @@ class ImageToText(Backend):
         self.device, self.dtype = device, dtype
         self.model = load_model(ref, device, dtype)
         self.processor, self.image_processor, self.tokenizer = load_processing(ref)
+        self.image_kw = image_kwargs(self.image_processor, device)
         self.model_type = self.model.config.model_type
         self.chat = (self.model_type not in IMAGE_ONLY and self.processor is not None
                      and getattr(self.processor, "chat_template", None) is not None)
         if self.chat:
             self.tokenizer.padding_side = "left"  # decoder-only models continue the prompt
+        log.info("caption %s: %s (%s attention) on %s, %s", ref, type(self.model).__name__,
+                 self.model.config._attn_implementation, device, dtype)
 
     @torch.inference_mode()
     def __call__(self, images: list[Image.Image], **generate_kwargs) -> list[str]:
@@ -120,9 +132,9 @@ class ImageToText(Backend):
                                                  {"type": "text", "text": self.chat_prompt}]}]
             text = self.processor.apply_chat_template(conv, add_generation_prompt=True)
             inputs = self.processor(images=images, text=[text] * n, return_tensors="pt",
-                                    padding=True)
+                                    padding=True, **self.image_kw)
             return to_device(inputs, self.device, self.dtype)
-        pixels = self.image_processor(images, return_tensors="pt")
+        pixels = self.image_processor(images, return_tensors="pt", **self.image_kw)
         inputs = to_device(pixels, self.device, self.dtype)
         if self.prompt:
             inputs.update(self._prompt_ids(n))

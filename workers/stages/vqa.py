@@ -8,7 +8,7 @@ from PIL import Image
 
 from workers.models.registry import register
 from workers.stages.base import Backend
-from workers.stages.caption import load_model, load_processing, rgb, to_device
+from workers.stages.caption import image_kwargs, load_model, load_processing, rgb, to_device
 
 
 @register("vqa", "blip-vqa")
@@ -25,6 +25,7 @@ class BlipVQA(Backend):
         self.device, self.dtype = device, dtype
         self.model = load_model(ref, device, dtype, auto_cls=BlipForQuestionAnswering)
         _, self.image_processor, self.tokenizer = load_processing(ref)
+        self.image_kw = image_kwargs(self.image_processor, device)
 
     @torch.inference_mode()
     def __call__(self, images: list[Image.Image], questions: list[list[str]] | None = None,
@@ -36,8 +37,8 @@ class BlipVQA(Backend):
         if not pairs:
             return answers
         # 2. preprocess each image once, each question once per pair
-        pixels = to_device(self.image_processor(rgb(images), return_tensors="pt"),
-                           self.device, self.dtype)["pixel_values"]
+        pixels = self.image_processor(rgb(images), return_tensors="pt", **self.image_kw)
+        pixels = to_device(pixels, self.device, self.dtype)["pixel_values"]
         idx = torch.tensor([i for i, _ in pairs], device=self.device)
         text = self.tokenizer([q for _, q in pairs], padding=True, return_tensors="pt")
         # 3. one generate call for every pair
