@@ -254,12 +254,14 @@ class Batch:
         done = failed = 0
         still = []
         for res, n in self._pending:
+            # state and result are plain reads of the result backend; .get() would also
+            # subscribe to every result in the chain and hold it until exit
             if res.ready():
-                try:
-                    summary = res.get(timeout=5, propagate=True, disable_sync_subtasks=False)
+                summary = res.result if res.successful() else None
+                if isinstance(summary, dict):
                     done += summary["done"]
                     failed += summary["failed"]
-                except Exception:
+                else:
                     failed += n
             else:
                 still.append((res, n))
@@ -291,6 +293,22 @@ class Batch:
                     raise TimeoutError(f"batch {self.name} not finished after {timeout} s")
                 time.sleep(poll_s)
         return self.status()
+
+
+def _drop_subscriptions(backend) -> None:
+    """Celery's Redis result backend subscribes (pub/sub) to every chord header result it
+    sends and keeps each result object until its task is ready. We poll states instead, so
+    drop them as we go: a million-item batch must not hold 100,000 subscriptions."""
+    pending = getattr(backend, "_pending_results", None)
+    if not pending:
+        return
+    for mapping in pending:
+        for task_id in list(mapping):
+            for r in list((mapping.get(task_id) or {}).values()):
+                try:
+                    backend.remove_pending_result(r)
+                except Exception:
+                    pass
 
 
 def submit(inputs: Iterable[str], spec: PipelineSpec, *, name: str | None = None,
@@ -349,6 +367,8 @@ def submit(inputs: Iterable[str], spec: PipelineSpec, *, name: str | None = None
         c = {"batch": name, "chunk": nchunk, "spec": spec_json, "items": buf}
         store.put_json(f"{batch.prefix}/chunks/{nchunk:06d}.json", {"ids": [i["id"] for i in buf]})
         res = chunk_canvas(c).apply_async()
+        if not app.conf.task_always_eager:
+            _drop_subscriptions(app.backend)
         batch._pending.append((res, len(buf)))
         batch._submitted_here += len(buf)
         if on_chunk:
