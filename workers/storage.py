@@ -160,14 +160,22 @@ class FileStore(Store):
         start = base if base.is_dir() else base.parent
         if not start.exists():
             return
-        for dirpath, dirnames, filenames in os.walk(start):
-            dirnames.sort()
-            for f in sorted(filenames):
-                if f.startswith(".") and f.endswith(".tmp"):
-                    continue
-                key = (Path(dirpath) / f).relative_to(self.root).as_posix()
-                if key.startswith(prefix):
-                    yield key
+
+        def walk(d: Path):  # lexical key order, like S3: sort names as keys ("b/" vs "b.txt")
+            try:
+                entries = sorted(os.scandir(d), key=lambda e: e.name + ("/" if e.is_dir(
+                    follow_symlinks=False) else ""))
+            except FileNotFoundError:
+                return
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    yield from walk(Path(e.path))
+                elif not (e.name.startswith(".") and e.name.endswith(".tmp")):
+                    key = Path(e.path).relative_to(self.root).as_posix()
+                    if key.startswith(prefix):
+                        yield key
+
+        yield from walk(start)
 
     def delete(self, uri_or_key):
         try:

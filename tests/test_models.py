@@ -1,0 +1,101 @@
+"""Profiles, registry, loader, cache and the tiny-random builder, through the real code paths."""
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from workers.models import tiny
+from workers.models.cache import load_backend
+from workers.models.device import resolve_device, resolve_dtype
+from workers.models.errors import ModelMissingError
+from workers.models.loader import resolve_model
+from workers.models.profiles import PROFILES, model_ref
+from workers.models.registry import available, get_backend_class
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_profiles_name_every_stage_backend():
+    for name, prof in PROFILES.items():
+        for key in ("ocr:easyocr", "ocr:rapidocr", "ocr:tesseract", "caption:blip", "caption:git",
+                    "caption:vit-gpt2", "vqa:blip-vqa", "generate:sd", "generate:sd-img2img",
+                    "generate:if"):
+            assert key in prof["models"], (name, key)
+    assert model_ref("caption", "blip", "base") == "Salesforce/blip-image-captioning-base"
+    assert model_ref("caption", "org/other-model", "base") == "org/other-model"
+
+
+def test_registry():
+    assert available("caption") == ["blip", "git", "vit-gpt2"]
+    assert available("generate") == ["if", "sd", "sd-img2img"]
+    assert set(available("ocr")) == {"easyocr", "rapidocr", "tesseract"}
+    assert get_backend_class("caption", "some/hf-model") is get_backend_class("caption", "blip")
+    with pytest.raises(ValueError, match="unknown generate backend 'dalle'"):
+        get_backend_class("generate", "dalle")
+    with pytest.raises(ValueError, match="unknown stage"):
+        get_backend_class("translate", "x")
+
+
+def test_device_and_dtype_are_automatic_and_overridable():
+    import torch
+
+    assert resolve_device("auto") in ("cpu", "cuda")
+    assert resolve_dtype("cpu") == torch.float32
+    assert resolve_dtype("cuda") == torch.float16
+    assert resolve_dtype("cpu", "bfloat16") == torch.bfloat16
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+def test_cache_loads_each_model_once(model_dir):
+    a = load_backend("caption", "git")
+    b = load_backend("caption", "git")
+    assert a is b
+    c = load_backend("caption", "git", dtype="bfloat16")
+    assert c is not a  # another dtype is another model
+    sd = load_backend("generate", "sd")
+    i2i = load_backend("generate", "sd-img2img")
+    assert i2i.pipe.unet is sd.pipe.unet  # img2img shares txt2img's loaded components
+
+
+def test_tiny_builds_on_first_use_deterministically(tmp_path):
+    p = Path(resolve_model("tiny-random/git", tmp_path))
+    assert p == tmp_path / "tiny-random" / "git" and (p / tiny.DONE).exists()
+    files = {f.relative_to(p): f.read_bytes() for f in p.rglob("*") if f.is_file()}
+    again = tiny.build("git", tmp_path / "second")
+    files2 = {f.relative_to(again): f.read_bytes() for f in again.rglob("*") if f.is_file()}
+    assert files == files2
+
+
+def test_missing_weights_fail_fast_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    t0 = time.time()
+    with pytest.raises(ModelMissingError) as e:
+        resolve_model("Salesforce/blip-image-captioning-base", tmp_path)
+    assert time.time() - t0 < 5
+    assert "Salesforce/blip-image-captioning-base" in str(e.value)
+    assert "itx models pull" in str(e.value)
+    with pytest.raises(ModelMissingError, match="easyocr/en"):
+        resolve_model("easyocr/en", tmp_path)
+    pulled = tmp_path / "Salesforce" / "blip-image-captioning-base"
+    pulled.mkdir(parents=True)
+    assert resolve_model("Salesforce/blip-image-captioning-base", tmp_path) == str(pulled)
+
+
+def test_models_tiny_and_list_cli(tmp_path):
+    itx = Path(sys.executable).parent / "itx"
+    env = {"ITX_MODEL_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([str(itx), "models", "tiny"], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    built = sorted(p.name for p in (tmp_path / "tiny-random").iterdir() if not p.name.startswith("."))
+    assert built == ["blip", "blip-vqa", "easyocr", "git", "if", "sd", "vit-gpt2"]
+    total = sum(f.stat().st_size for f in (tmp_path / "tiny-random").rglob("*") if f.is_file())
+    assert total < 20e6, total  # a few MB in all
+    r = subprocess.run([str(itx), "models", "list", "--profile", "tiny-random"], capture_output=True,
+                       text=True, env={**env, "COLUMNS": "200"}, timeout=60)
+    assert r.returncode == 0 and "tiny-random/blip" in r.stdout and "yes" in r.stdout
