@@ -17,7 +17,7 @@ _CACHE: dict[tuple, object] = {}
 _LOCK = threading.RLock()
 
 
-def _quiet() -> None:
+def quiet() -> None:
     """No per-load progress bars from the libraries in worker logs."""
     import os
 
@@ -41,7 +41,7 @@ def load_backend(stage: str, name: str, *, ref: str | None = None, profile: str 
         backend = _CACHE.get(key)
         if backend is None:
             cls = get_backend_class(stage, name)
-            _quiet()
+            quiet()
             backend = cls()
             backend.ref = ref
             backend.load(resolve_model(ref), dev, dt)

@@ -50,6 +50,9 @@ def build(name: str, model_dir: Path, force: bool = False) -> Path:
     try:
         import torch
 
+        from workers.models.cache import quiet
+
+        quiet()
         torch.manual_seed(0)
         _BUILDERS[name](tmp)
         (tmp / DONE).write_text("tiny-random, seed 0\n")
