@@ -399,6 +399,10 @@ def _tile(im, cell: int):
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(bg, im)
     im = im.convert("RGB")
+    if max(im.size) < cell // 2:  # small outputs (e.g. 64x64) fill the cell, pixels kept sharp
+        k = (cell // 2) / max(im.size)
+        im = im.resize((max(1, round(im.width * k)), max(1, round(im.height * k))),
+                       Image.NEAREST)
     im.thumbnail((cell, cell))
     return im
 
