@@ -24,7 +24,11 @@ def quiet() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for mod in ("transformers", "diffusers"):
         try:
-            __import__(f"{mod}.utils.logging", fromlist=["x"]).disable_progress_bar()
+            lg = __import__(f"{mod}.utils.logging", fromlist=["x"])
+            lg.disable_progress_bar()
+            # e.g. diffusers' per-batch "CLIP can only handle 77 tokens" notice: the text
+            # encoder reads the first 77 tokens of a prompt, as documented in the README
+            lg.set_verbosity_error()
         except Exception:
             pass
 
