@@ -280,3 +280,22 @@ def test_batch_with_rabbitmq_broker(cluster, tmp_path):
     finally:
         if made:
             subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True)
+
+
+def test_preload_loads_models_in_the_pool_process_not_the_parent(cluster):
+    """ITX_PRELOAD=true: each pool process loads its models when it starts, after the fork."""
+    from tests.cluster import Worker
+
+    w = Worker("light", {**cluster["env"], "ITX_PRELOAD": "true"}, "light-preload")
+    try:
+        w.wait_ready()
+        deadline = time.time() + 120
+        while "preloaded caption:blip" not in w.output() and time.time() < deadline:
+            time.sleep(0.5)
+        log = w.output()
+        lines = [x for x in log.splitlines() if "preloaded " in x]
+        assert {"preloaded ocr:rapidocr", "preloaded caption:blip", "preloaded caption:git"} <= \
+            {x.split("] ", 1)[-1].strip() for x in lines}, log[-3000:]
+        assert all("ForkPoolWorker" in x for x in lines), lines  # never in MainProcess
+    finally:
+        w.stop()
