@@ -19,10 +19,34 @@ LIGHT_TASKS = ("itx.ocr", "itx.caption", "itx.vqa", "itx.compose")
 HEAVY_TASKS = ("itx.generate",)
 
 
+def redis_tls(s) -> dict:
+    """``ssl`` options for rediss:// brokers and result backends: the server's certificate is
+    verified (ITX_REDIS_SSL_CERT_REQS=required) against ITX_REDIS_SSL_CA_CERTS."""
+    import ssl
+
+    reqs = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL,
+            "none": ssl.CERT_NONE}[s.redis_ssl_cert_reqs]
+    opts = {"ssl_cert_reqs": reqs, "ssl_ca_certs": s.redis_ssl_ca_certs,
+            "ssl_certfile": s.redis_ssl_certfile, "ssl_keyfile": s.redis_ssl_keyfile}
+    return {k: v for k, v in opts.items() if v not in ("", None)}
+
+
 def celery_config(s=None) -> dict:
     s = s or get_settings()
     longest = max(s.light_time_limit, s.heavy_time_limit)
+    # Redis puts a message back on its queue when its worker has not acked it for this long
+    # (a worker killed mid-task); every live worker sweeps for such messages every few seconds
+    visibility = s.visibility_timeout or 2 * longest + 600
+    redis_opts = {"visibility_timeout": visibility,
+                  "unacked_restore_interval": max(1, min(10, visibility // 10)),
+                  "unacked_restore_throttle": 1}
+    tls = {}
+    if s.broker_url.startswith("rediss://"):
+        tls["broker_use_ssl"] = redis_tls(s)
+    if s.result_backend.startswith("rediss://"):
+        tls["redis_backend_use_ssl"] = redis_tls(s)
     return dict(
+        **tls,
         broker_url=s.broker_url,
         result_backend=s.result_backend,
         # JSON only, in both directions
@@ -40,15 +64,27 @@ def celery_config(s=None) -> dict:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
-        broker_transport_options={"visibility_timeout": 2 * longest + 600},
-        result_backend_transport_options={"visibility_timeout": 2 * longest + 600},
+        broker_transport_options=redis_opts,
+        result_backend_transport_options={"visibility_timeout": visibility},
         broker_connection_retry_on_startup=True,
+        # transient broker errors: publishing and result writes retry with backoff, bounded
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 10, "interval_start": 0.2,
+                                   "interval_step": 1, "interval_max": 5},
+        result_backend_always_retry=True,
+        result_backend_max_retries=20,
+        result_backend_max_sleep_between_retries_ms=5000,
+        # cold shutdown (SIGQUIT) lets running tasks finish for this long, then cancels them;
+        # their messages go back on the queue at once instead of after the visibility timeout
+        worker_soft_shutdown_timeout=s.soft_shutdown_timeout,
         result_expires=7 * 24 * 3600,
         result_extended=False,
-        # Flower and progress
+        # Flower and progress: workers send task events (received, started, succeeded, …);
+        # no extra "sent" event per task from the submitter and no STARTED state write to
+        # the result backend: both cost broker traffic per task and nothing reads them
         worker_send_task_events=True,
-        task_send_sent_event=True,
-        task_track_started=True,
+        task_send_sent_event=False,
+        task_track_started=False,
         worker_hijack_root_logger=False,
         # keep a worker healthy over millions of items
         worker_max_tasks_per_child=s.max_tasks_per_child or None,

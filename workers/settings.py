@@ -44,10 +44,29 @@ class Settings(BaseSettings):
     http_allow_hosts: list[str] = Field(default_factory=list)  # hosts `http(s)://` inputs may come from
     http_max_bytes: int = 50 * 1024 * 1024
     http_timeout_s: float = 20.0
-    light_time_limit: int = 600  # seconds per light task (soft limit is 90 %)
+    light_time_limit: int = 600  # seconds per light task (soft limit 10 %, at least 5 s, earlier)
     heavy_time_limit: int = 1800  # seconds per heavy task
     max_tasks_per_child: int = 0  # 0: never recycle a worker process by task count
     max_memory_per_child_kb: int = 0  # 0: no limit; else recycle a process above this RSS
+
+    # --- reliability (docs/guarantees.md) ---------------------------------
+    # Redis redelivers a message whose worker died only after this many seconds. 0: derived,
+    # 2 x the longest time limit + 600 s. Shorter recovers faster, but a task still running
+    # after it is delivered a second time (harmless: writes are idempotent, work is doubled).
+    visibility_timeout: int = 0
+    # Cold shutdown (SIGQUIT, or SIGTERM with REMAP_SIGTERM=SIGQUIT) first waits this long for
+    # running tasks, then cancels them and puts their messages back on the queue at once.
+    soft_shutdown_timeout: float = 30.0
+    # S3 requests: botocore's standard retry mode (exponential backoff with jitter)
+    s3_max_attempts: int = 6
+    s3_connect_timeout: float = 5.0
+    s3_read_timeout: float = 60.0
+
+    # --- Redis over TLS (rediss:// URLs); a password goes in the URL: rediss://:PASSWORD@host
+    redis_ssl_cert_reqs: Literal["required", "optional", "none"] = "required"
+    redis_ssl_ca_certs: str = ""  # CA bundle that signed the server's certificate (default: system)
+    redis_ssl_certfile: str = ""  # client certificate, when the server asks for one
+    redis_ssl_keyfile: str = ""
 
     @field_validator("model_dir", mode="before")
     @classmethod

@@ -38,6 +38,27 @@ class TransientStoreError(StoreError):
     """A store request failed in a way worth retrying (throttling, 5xx, timeouts)."""
 
 
+class TooLargeError(StoreError):
+    """The object is larger than the caller's limit; it was not read."""
+
+
+# botocore's retries (ResponseMetadata.RetryAttempts), counted per process: a prefork pool
+# process runs one task at a time, so a task's count is the difference across its run
+_RETRIES = [0]
+_RETRIES_LOCK = threading.Lock()
+
+
+def store_retries() -> int:
+    """How many times this process's S3 requests were retried by botocore so far."""
+    return _RETRIES[0]
+
+
+def _count_retries(n: int) -> None:
+    if n:
+        with _RETRIES_LOCK:
+            _RETRIES[0] += n
+
+
 def content_key(data: bytes, ext: str, prefix: str = "inputs") -> str:
     """Content-addressed key: the same bytes always land on the same key."""
     ext = ext.lower().lstrip(".") or "bin"
@@ -69,7 +90,8 @@ class Store:
     def put(self, key: str, data: bytes, content_type: str | None = None) -> str:
         raise NotImplementedError
 
-    def get(self, uri_or_key: str) -> bytes:
+    def get(self, uri_or_key: str, max_bytes: int | None = None) -> bytes:
+        """The object's bytes; ``TooLargeError`` (before reading it) if over ``max_bytes``."""
         raise NotImplementedError
 
     def exists(self, uri_or_key: str) -> bool:
@@ -142,9 +164,11 @@ class FileStore(Store):
         os.replace(tmp, p)  # atomic: readers see the old or the new object, never half
         return self.url(self.key_of(key))
 
-    def get(self, uri_or_key):
+    def get(self, uri_or_key, max_bytes=None):
         p = self._path(uri_or_key)
         try:
+            if max_bytes is not None and p.stat().st_size > max_bytes:
+                raise TooLargeError(f"{p.stat().st_size} bytes is over the limit of {max_bytes}")
             return p.read_bytes()
         except FileNotFoundError:
             raise NotFoundError(f"no object {uri_or_key!r} in {self.uri}") from None
@@ -191,8 +215,12 @@ def _s3_client():
     import boto3
     from botocore.config import Config
 
-    cfg = Config(retries={"max_attempts": 6, "mode": "standard"},
-                 connect_timeout=5, read_timeout=60, max_pool_connections=32)
+    from workers.settings import get_settings
+
+    s = get_settings()
+    cfg = Config(retries={"max_attempts": s.s3_max_attempts, "mode": "standard"},
+                 connect_timeout=s.s3_connect_timeout, read_timeout=s.s3_read_timeout,
+                 max_pool_connections=32)
     return boto3.session.Session().client("s3", config=cfg)
 
 
@@ -235,11 +263,15 @@ class S3Store(Store):
         return _clean_key(uri_or_key)
 
     def _call(self, fn, **kw):
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
 
         try:
-            return fn(**kw)
+            r = fn(**kw)
+            _count_retries(r.get("ResponseMetadata", {}).get("RetryAttempts", 0))
+            return r
         except ClientError as e:
+            _count_retries(e.response.get("ResponseMetadata", {}).get("RetryAttempts", 0))
             code = e.response.get("Error", {}).get("Code", "")
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             if code in ("NoSuchKey", "404", "NotFound"):
@@ -248,6 +280,8 @@ class S3Store(Store):
                 raise TransientStoreError(f"S3 {code or status}: {e}") from e
             raise StoreError(f"S3 {code or status}: {e}") from e
         except BotoCoreError as e:
+            if isinstance(e, (HTTPClientError, BotoConnectionError)):  # retried to the limit
+                _count_retries(self.client.meta.config.retries.get("max_attempts", 1) - 1)
             raise TransientStoreError(f"S3 request failed: {e}") from e
 
     def put(self, key, data, content_type=None):
@@ -256,10 +290,21 @@ class S3Store(Store):
         self._call(self.client.put_object, Bucket=self.bucket, Key=self._full(key), Body=data, **extra)
         return self.url(key)
 
-    def get(self, uri_or_key):
+    def get(self, uri_or_key, max_bytes=None):
         key = self.key_of(uri_or_key)
         r = self._call(self.client.get_object, Bucket=self.bucket, Key=self._full(key))
-        return r["Body"].read()
+        size = r.get("ContentLength")
+        if max_bytes is not None and size is not None and size > max_bytes:
+            r["Body"].close()
+            raise TooLargeError(f"{size} bytes is over the limit of {max_bytes}")
+        try:
+            return r["Body"].read()
+        except Exception as e:  # the connection broke while streaming the body
+            from botocore.exceptions import BotoCoreError
+
+            if isinstance(e, (BotoCoreError, OSError)):
+                raise TransientStoreError(f"S3 read of {key!r} failed: {e}") from e
+            raise
 
     def exists(self, uri_or_key):
         key = self.key_of(uri_or_key)
