@@ -17,7 +17,9 @@ import queue
 import threading
 import json
 import time
+import urllib.error
 import urllib.request
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -45,17 +47,60 @@ def item_id(content: str, spec_fp: str, item: InputItem) -> str:
 
 
 # --- staging: inputs -> items in the store -------------------------------------------------
-def _fetch_http(url: str) -> bytes:
-    s = get_settings()
-    host = urlparse(url).hostname or ""
-    if host not in s.http_allow_hosts:
+def _check_url(url: str) -> None:
+    """Only http(s), only hosts in ITX_HTTP_ALLOW_HOSTS, no credentials in the URL."""
+    u = urlparse(url)
+    if u.scheme not in ("http", "https"):
+        raise _Bad("unknown_scheme", f"cannot fetch {u.scheme}:// URLs")
+    if "@" in u.netloc:
+        raise _Bad("disallowed_host", "URLs with credentials in them are not fetched")
+    host = (u.hostname or "").lower()
+    if host not in {h.lower() for h in get_settings().http_allow_hosts}:
         raise _Bad("disallowed_host", f"host {host!r} is not in ITX_HTTP_ALLOW_HOSTS")
+
+
+class _AllowedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to an allowed host: an allowed server cannot send us elsewhere."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        _check_url(newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _fetch_http(url: str) -> bytes:
+    """GET an allowed URL: at most ITX_HTTP_MAX_BYTES, within ITX_HTTP_TIMEOUT_S in all."""
+    s = get_settings()
+    _check_url(url)
+    limit, deadline = s.http_max_bytes, time.monotonic() + s.http_timeout_s
+    opener = urllib.request.build_opener(_AllowedRedirects)
     req = urllib.request.Request(url, headers={"User-Agent": "itx"})
-    with urllib.request.urlopen(req, timeout=s.http_timeout_s) as r:
-        data = r.read(s.http_max_bytes + 1)
-    if len(data) > s.http_max_bytes:
-        raise _Bad("file_too_large", f"{url} is over {s.http_max_bytes} bytes")
-    return data
+    too_large = _Bad("file_too_large", f"{url} is over the limit of {limit} bytes")
+    try:
+        with opener.open(req, timeout=s.http_timeout_s) as r:
+            size = r.headers.get("Content-Length", "")
+            if size.isdigit() and int(size) > limit:
+                raise too_large
+            parts, n = [], 0
+            while True:
+                if time.monotonic() > deadline:
+                    raise _Bad("http_timeout", f"{url} took over {s.http_timeout_s} s")
+                b = r.read1(65536)
+                if not b:
+                    return b"".join(parts)
+                parts.append(b)
+                n += len(b)
+                if n > limit:
+                    raise too_large
+    except urllib.error.HTTPError as e:
+        raise _Bad("http_error", f"{url}: HTTP {e.code} {e.reason}") from None
+    except TimeoutError:
+        raise _Bad("http_timeout", f"{url}: no answer within {s.http_timeout_s} s") from None
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, TimeoutError):
+            raise _Bad("http_timeout", f"{url}: no answer within {s.http_timeout_s} s") from None
+        raise _Bad("http_error", f"{url}: {e.reason}") from None
+    except OSError as e:  # connection reset, refused while reading
+        raise _Bad("http_error", f"{url}: {e}") from None
 
 
 class _Bad(Exception):
@@ -118,6 +163,37 @@ def stage_item(item: InputItem, store, spec_fp: str) -> dict:
             "error": None, **extra}
 
 
+_HANDOFF = 64  # items the stager takes from the input thread at a time, at most
+
+
+def _no_io(item: InputItem, store) -> bool:
+    """Staging ``item`` reads and writes nothing: an error, or an s3:// object in the store."""
+    if item.error:
+        return True
+    if item.path is not None or not (item.uri or "").startswith("s3://"):
+        return False
+    try:
+        store.key_of(item.uri)
+        return True
+    except StoreError:
+        return False
+
+
+class _Done:
+    """An item staged in the calling thread, in the shape of a finished future."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def done(self) -> bool:
+        return True
+
+    def result(self):
+        return self.value
+
+
 class _Raised:
     def __init__(self, exc: BaseException):
         self.exc = exc
@@ -157,17 +233,25 @@ def stage_items(items: Iterable[InputItem], store, spec_fp: str, threads: int = 
                     yield inflight.popleft().result()
                 continue
             try:
-                it = q.get(timeout=0.02 if inflight else tick)
+                got = [q.get(timeout=0.02 if inflight else tick)]
             except queue.Empty:
                 if not inflight:
                     yield None  # idle: the source is slow
                 continue
-            if it is _END:
-                ended = True
-            elif isinstance(it, _Raised):
-                raise it.exc
-            else:
-                inflight.append(pool.submit(stage_item, it, store, spec_fp))
+            while len(got) < _HANDOFF:  # whatever else is ready, without waiting
+                try:
+                    got.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            for it in got:
+                if it is _END:
+                    ended = True
+                elif isinstance(it, _Raised):
+                    raise it.exc
+                elif _no_io(it, store):  # already in the store: staged here, no upload
+                    inflight.append(_Done(stage_item(it, store, spec_fp)))
+                else:
+                    inflight.append(pool.submit(stage_item, it, store, spec_fp))
 
 
 # --- batches ----------------------------------------------------------------------------
@@ -311,6 +395,70 @@ def _drop_subscriptions(backend) -> None:
                     pass
 
 
+def check_services(app) -> None:
+    """Fail fast, in one line and without credentials, when the broker or the result backend
+    cannot be reached (down, wrong password, a TLS certificate that does not verify)."""
+    if app.conf.task_always_eager:
+        return
+    with app.connection_for_write() as conn:
+        try:
+            conn.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.5,
+                                   timeout=10)
+        except Exception as e:
+            raise BatchError(f"cannot reach the broker {conn.as_uri()}: {e}") from None
+    client = getattr(app.backend, "client", None)  # redis result backends
+    if client is not None:
+        try:
+            client.ping()
+        except Exception as e:
+            raise BatchError(f"cannot reach the result backend: {e}") from None
+
+
+class _Sender:
+    """Writes chunk ledgers and enqueues chunk canvases while the next chunks are staged.
+
+    Ledger writes run a few at a time (each is a store round trip); one thread then enqueues
+    each chunk's canvas, in chunk order, once its ledger is written (a worker reads the
+    ledger). Celery is used from that one thread only. At most ``depth`` chunks wait, so
+    memory stays flat and a slow broker slows submission down instead of filling memory.
+    """
+
+    def __init__(self, batch: Batch, canvas, threads: int = 4, depth: int = 16):
+        self.batch, self.canvas = batch, canvas
+        self.puts = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="itx-ledger")
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="itx-enqueue", daemon=True)
+        self.thread.start()
+
+    def send(self, key: str, ledger: dict, chunk: dict, n: int) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put((self.puts.submit(self.batch.store.put_json, key, ledger), chunk, n))
+
+    def _run(self) -> None:
+        app = self.batch.app
+        while (job := self.q.get()) is not None:
+            if self.error is not None:
+                continue  # drain after a failure; close() raises it
+            written, chunk, n = job
+            try:
+                written.result()
+                res = self.canvas(chunk).apply_async()
+                _drop_subscriptions(app.backend)
+                self.batch._pending.append((res, n))
+            except BaseException as e:
+                self.error = e
+
+    def close(self, raise_error: bool = True) -> None:
+        """Wait until every chunk handed over is enqueued; raise the first error, if any."""
+        self.q.put(None)
+        self.thread.join()
+        self.puts.shutdown()
+        if raise_error and self.error is not None:
+            raise self.error
+
+
 def submit(inputs: Iterable[str], spec: PipelineSpec, *, name: str | None = None,
            chunk: int | None = None, resume: bool = False, coco: str | None = None,
            images: str | None = None, limit: int | None = None, ids: list[int] | None = None,
@@ -326,10 +474,14 @@ def submit(inputs: Iterable[str], spec: PipelineSpec, *, name: str | None = None
     s = get_settings()
     if app is None:
         from workers.app import app
+    check_services(app)
     store = store or open_store()
     name = name or new_batch_name()
     batch = Batch(name, store, app)
     inputs = list(inputs)
+    if spec.n > s.max_outputs_per_item:
+        raise BatchError(f"--n {spec.n}: at most {s.max_outputs_per_item} generated images per "
+                         f"item (ITX_MAX_OUTPUTS_PER_ITEM)")
     if batch.exists():
         meta = batch.meta()
         if not resume:
@@ -359,41 +511,55 @@ def submit(inputs: Iterable[str], spec: PipelineSpec, *, name: str | None = None
     items = iter_inputs(inputs, coco=coco, images=images, limit=limit, ids=ids)
     buf: list[dict] = []
     seen: set[str] = set()
+    # new for every submission: workers cache the chunks they read under (ledger key, nonce)
+    nonce = uuid.uuid4().hex[:12]
 
     def flush():
         nonlocal nchunk, buf
         if not buf:
             return
         c = {"batch": name, "chunk": nchunk, "spec": spec_json, "items": buf}
-        store.put_json(f"{batch.prefix}/chunks/{nchunk:06d}.json", {"ids": [i["id"] for i in buf]})
-        res = chunk_canvas(c).apply_async()
-        if not app.conf.task_always_eager:
-            _drop_subscriptions(app.backend)
-        batch._pending.append((res, len(buf)))
+        # the ledger holds the whole chunk: tasks get a pointer to it, not the items
+        key = f"{batch.prefix}/chunks/{nchunk:06d}.json"
+        ledger = {"ids": [i["id"] for i in buf], **c}
+        c = {**c, "ref": key, "nonce": nonce}
+        if sender is not None:  # with a broker: written and enqueued while staging goes on
+            sender.send(key, ledger, c, len(buf))
+        else:  # eager (`itx run`): the chunk runs right here, now
+            store.put_json(key, ledger)
+            batch._pending.append((chunk_canvas(c).apply_async(), len(buf)))
         batch._submitted_here += len(buf)
         if on_chunk:
             on_chunk(c, None)
         nchunk += 1
         buf = []
 
-    last_flush = time.monotonic()
-    for it in stage_items(items, store, fp):
-        if it is None:  # the input is slow: do not hold a partial chunk back for long
-            if buf and time.monotonic() - last_flush > flush_after:
+    sender = None if app.conf.task_always_eager else _Sender(batch, chunk_canvas)
+    try:
+        last_flush = time.monotonic()
+        for it in stage_items(items, store, fp):
+            if it is None:  # the input is slow: do not hold a partial chunk back for long
+                if buf and time.monotonic() - last_flush > flush_after:
+                    flush()
+                    last_flush = time.monotonic()
+                continue
+            if it["id"] in seen:  # the same image twice in one batch: one record
+                continue
+            seen.add(it["id"])
+            if order is not None:
+                order.append(it["id"])
+            if it["id"] in done:
+                batch._already_done += 1
+                continue
+            buf.append(it)
+            if len(buf) >= chunk:
                 flush()
                 last_flush = time.monotonic()
-            continue
-        if it["id"] in seen:  # the same image twice in one batch: one record
-            continue
-        seen.add(it["id"])
-        if order is not None:
-            order.append(it["id"])
-        if it["id"] in done:
-            batch._already_done += 1
-            continue
-        buf.append(it)
-        if len(buf) >= chunk:
-            flush()
-            last_flush = time.monotonic()
-    flush()
+        flush()
+    except BaseException:
+        if sender is not None:
+            sender.close(raise_error=False)
+        raise
+    if sender is not None:
+        sender.close()
     return batch

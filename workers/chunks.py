@@ -13,6 +13,7 @@ A stage returns a *partial*: ``{"stage": "caption:git", "model": ref, "results":
 """
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from workers.images import ItemError, decode_image
 from workers.settings import get_settings
 from workers.spec import PipelineSpec
 from workers.storage import OutsideStoreError, NotFoundError, StoreError, TransientStoreError, open_store
+from workers.storage import TooLargeError, store_retries
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,12 @@ def _read_one(uri: str):
             _IMAGES.move_to_end(uri)
             return _IMAGES[uri]
     try:
-        data = open_store().get(uri)
+        data = open_store().get(uri, max_bytes=s.max_image_bytes)  # never reads a huge object
         img = decode_image(data, max_pixels=s.max_pixels, max_bytes=s.max_image_bytes)
     except OutsideStoreError as e:
         img = ItemError("outside_store", str(e))
+    except TooLargeError as e:
+        img = ItemError("file_too_large", str(e))
     except NotFoundError as e:
         img = ItemError("not_found", str(e))
     except TransientStoreError:
@@ -72,6 +76,70 @@ def read_images(items: list[dict]) -> dict[str, object]:
 
 def _err(e: BaseException) -> str:
     return str(e) if isinstance(e, ItemError) else f"{type(e).__name__}: {e}"
+
+
+# --- chunks by reference: a pointer crosses the broker, the data stays in the store --------
+# ``itx submit`` writes each chunk (spec and items) to its ledger object and sends tasks
+# ``{"ref", "nonce"}``; stage partials and compose's records go the same way
+# (``runs/<batch>/parts/<chunk>/<name>.json``). What Redis carries per chunk is then a few
+# hundred bytes, however many items, captions and records it holds. A chunk sent whole
+# (no "ref") is handled as before. Objects read or written here are kept per process under
+# their key and the chunk's nonce (new for every submission), so the stages of one chunk
+# that run in one process read its chunk once and compose finds their partials in memory.
+_OBJECTS: OrderedDict[tuple, object] = OrderedDict()
+_OBJECTS_LOCK = threading.Lock()
+_OBJECT_CACHE_SIZE = 64
+
+
+def _remember(key: tuple, obj) -> None:
+    with _OBJECTS_LOCK:
+        _OBJECTS[key] = obj
+        _OBJECTS.move_to_end(key)
+        while len(_OBJECTS) > _OBJECT_CACHE_SIZE:
+            _OBJECTS.popitem(last=False)
+
+
+def _fetch(ref: str, nonce) -> object:
+    key = (open_store().uri, ref, nonce)
+    with _OBJECTS_LOCK:
+        if key in _OBJECTS:
+            _OBJECTS.move_to_end(key)
+            return _OBJECTS[key]
+    obj = open_store().get_json(ref)
+    _remember(key, obj)
+    return obj
+
+
+def load_chunk(msg: dict) -> dict:
+    """The whole chunk for a task's message: the message itself, or the chunk it points to."""
+    if "items" in msg or not msg.get("ref"):
+        return msg
+    return {**_fetch(msg["ref"], msg.get("nonce")), "ref": msg["ref"], "nonce": msg.get("nonce")}
+
+
+def load_state(msg: dict) -> dict:
+    """compose's output for generate: the state itself, or the stored state it points to."""
+    if "records" in msg or not msg.get("ref"):
+        return msg
+    return copy.deepcopy(_fetch(msg["ref"], msg.get("nonce")))  # generate edits its records
+
+
+def _load_partial(p: dict) -> dict:
+    return p if "results" in p or not p.get("ref") else _fetch(p["ref"], p.get("nonce"))
+
+
+def hand_on(chunk: dict, name: str, obj: dict) -> dict:
+    """What a task returns: ``obj`` itself, or (for a chunk sent by reference) a pointer to
+    ``obj`` written to the store under a deterministic key (a re-run overwrites it)."""
+    if not chunk.get("ref"):
+        return obj
+    key = f"runs/{chunk['batch']}/parts/{int(chunk['chunk']):06d}/{name.replace(':', '-')}.json"
+    open_store().put_json(key, obj)
+    _remember((open_store().uri, key, chunk.get("nonce")), obj)
+    out = {"ref": key, "nonce": chunk.get("nonce")}
+    if "stage" in obj:
+        out["stage"] = obj["stage"]
+    return out
 
 
 # --- running one stage over a chunk -------------------------------------------------------
@@ -132,12 +200,14 @@ def _is_time_limit(e: BaseException) -> bool:
 
 
 def ocr_chunk(chunk: dict) -> dict:
+    chunk = load_chunk(chunk)
     spec = PipelineSpec.model_validate(chunk["spec"])
-    return run_stage("ocr", spec.ocr, chunk)
+    return hand_on(chunk, f"ocr:{spec.ocr}", run_stage("ocr", spec.ocr, chunk))
 
 
 def caption_chunk(chunk: dict, model: str) -> dict:
-    return run_stage("caption", model, chunk)
+    chunk = load_chunk(chunk)
+    return hand_on(chunk, f"caption:{model}", run_stage("caption", model, chunk))
 
 
 def item_questions(spec: PipelineSpec, item: dict) -> list[str]:
@@ -146,9 +216,11 @@ def item_questions(spec: PipelineSpec, item: dict) -> list[str]:
 
 
 def vqa_chunk(chunk: dict) -> dict:
+    chunk = load_chunk(chunk)
     spec = PipelineSpec.model_validate(chunk["spec"])
     questions = {it["id"]: item_questions(spec, it) for it in chunk["items"]}
-    return run_stage("vqa", "blip-vqa", chunk, extra_columns=[questions])
+    return hand_on(chunk, "vqa:blip-vqa",
+                   run_stage("vqa", "blip-vqa", chunk, extra_columns=[questions]))
 
 
 # --- compose: merge partials, build prompts -----------------------------------------------
@@ -162,14 +234,62 @@ def record_base(item: dict) -> dict:
     return rec
 
 
-def compose_chunk(partials: list[dict], chunk: dict) -> dict:
+def expected_stages(spec: PipelineSpec, chunk: dict) -> list[str]:
+    """The partials compose needs for this chunk (as ``workflow.chunk_canvas`` asks for them)."""
+    out = [f"ocr:{spec.ocr}"] if spec.ocr else []
+    out += [f"caption:{m}" for m in spec.captioners or []]
+    if spec.vqa or any(it.get("questions") for it in chunk["items"]):
+        out.append("vqa:blip-vqa")
+    return out
+
+
+def complete_partials(partials: list[dict], chunk: dict) -> list[dict]:
+    """Exactly one partial per expected stage, whatever the chord delivered.
+
+    A header task that ran twice (its worker died after the result was stored, and the broker
+    redelivered it) can reach compose twice while another stage is missing; a stage can also
+    be absent when its result was lost with a broker restart. Duplicates are dropped (the
+    copy with most results stays); a missing stage is run here, inline, with the same backend
+    (both pools install every stage; one without the weights records ``model_unavailable``).
+    ``attempts``/``store_retries`` of a partial sent by reference travel on the pointer."""
+    spec = PipelineSpec.model_validate(chunk["spec"])
+    by_stage: dict[str, dict] = {}
+    for p in partials or []:
+        full = dict(_load_partial(p))
+        for k in ("attempts", "store_retries"):
+            if k in p:
+                full[k] = p[k]
+        old = by_stage.get(full["stage"])
+        if old is None or len(full["results"]) > len(old["results"]):
+            by_stage[full["stage"]] = full
+    out = []
+    for stage in expected_stages(spec, chunk):
+        if stage not in by_stage:
+            log.warning("chunk %s/%s: no %s partial reached compose; running it here",
+                        chunk.get("batch"), chunk.get("chunk"), stage)
+            kind, name = stage.split(":", 1)
+            extra = [{it["id"]: item_questions(spec, it) for it in chunk["items"]}] \
+                if kind == "vqa" else []
+            by_stage[stage] = run_stage(kind, name, chunk, extra_columns=extra)
+        out.append(by_stage[stage])
+    return out
+
+
+def compose_chunk(partials: list[dict], chunk: dict, attempts: int = 1) -> dict:
     from workers.stages.edit import EditRuleError, Texts, build_prompt
 
+    r0 = store_retries()
+    chunk = load_chunk(chunk)
+    partials = complete_partials(partials, chunk)
     spec = PipelineSpec.model_validate(chunk["spec"])
     limit = get_settings().max_prompt_chars
+    # the item's work: the most runs of any of its chunk's tasks, the store retries of all
+    attempts = max([attempts] + [p.get("attempts") or 1 for p in partials])
+    retried = store_retries() - r0 + sum(p.get("store_retries") or 0 for p in partials)
     records = []
     for item in chunk["items"]:
         rec = record_base(item)
+        rec["attempts"], rec["store_retries"] = attempts, retried
         for p in partials or []:
             i = item["id"]
             stage = p["stage"]
@@ -195,6 +315,9 @@ def compose_chunk(partials: list[dict], chunk: dict) -> dict:
                 if len(prompt) > limit:
                     raise ItemError("prompt_too_long",
                                     f"the prompt has {len(prompt)} characters; the limit is {limit}")
+                if not prompt and spec.generator:
+                    raise ItemError("empty_prompt", "the edit rules left no text to generate "
+                                    "from (no caption, OCR found no text)")
                 rec["prompt"] = prompt
             except EditRuleError as e:
                 rec["error"] = f"bad_edit_rule: {e}"
@@ -205,11 +328,13 @@ def compose_chunk(partials: list[dict], chunk: dict) -> dict:
            "records": records}
     if not spec.generator:
         return finish(out)
-    return out
+    return hand_on(chunk, "compose", out)
 
 
 # --- generate and write -------------------------------------------------------------------
 def generate_chunk(state: dict) -> dict:
+    r0 = store_retries()
+    state = load_state(state)
     spec = PipelineSpec.model_validate(state["spec"])
     store = open_store()
     records = state["records"]
@@ -231,6 +356,9 @@ def generate_chunk(state: dict) -> dict:
             sources = [imgs[r["id"]] for r in todo]
         if todo:
             _generate(spec, name, ref, todo, sources, store, w, h, state["batch"])
+    retried = store_retries() - r0
+    for r in records:
+        r["store_retries"] = (r.get("store_retries") or 0) + retried
     return finish(state)
 
 
@@ -244,7 +372,11 @@ def _generate(spec, name, ref, todo, sources, store, w, h, batch):
         for r in todo:
             r["error"] = f"model_unavailable: {key}: {_err(e)}"
         return
-    n = min(spec.n, get_settings().max_outputs_per_item)
+    n, limit = spec.n, get_settings().max_outputs_per_item
+    if n > limit:  # `itx submit` refuses this; a chunk that comes another way gets errors
+        for r in todo:
+            r["error"] = f"too_many_outputs: {n} images asked, the limit is {limit} per item"
+        return
     kwargs = dict(width=w, height=h, steps=spec.steps, n=n,
                   strength=spec.strength, guidance_scale=spec.guidance)
     from workers.stages.generate import item_seeds

@@ -14,7 +14,7 @@ from celery.signals import worker_process_init
 from workers import chunks
 from workers.app import app
 from workers.settings import get_settings
-from workers.storage import TransientStoreError
+from workers.storage import TransientStoreError, store_retries
 
 log = logging.getLogger(__name__)
 _S = get_settings()
@@ -31,54 +31,81 @@ class StageTask(Task):
     acks_late = True
     reject_on_worker_lost = True
 
+    @property
+    def attempt(self) -> int:
+        """How many times this task has run for its message: Celery retries, plus one when
+        the broker redelivered it after its worker died (a lower bound: the broker marks a
+        redelivery, it does not count them)."""
+        r = self.request
+        return (r.retries or 0) + 1 + int(bool((r.delivery_info or {}).get("redelivered")))
 
-LIGHT = dict(base=StageTask, bind=True, soft_time_limit=int(_S.light_time_limit * 0.9),
+
+def _soft(limit: int) -> int:
+    """The soft limit: 10 % of the hard limit (at least 5 s) before it, time enough for the
+    task to write its items' `timeout` error records."""
+    return max(1, limit - max(5, limit // 10))
+
+
+LIGHT = dict(base=StageTask, bind=True, soft_time_limit=_soft(_S.light_time_limit),
              time_limit=_S.light_time_limit)
-HEAVY = dict(base=StageTask, bind=True, soft_time_limit=int(_S.heavy_time_limit * 0.9),
+HEAVY = dict(base=StageTask, bind=True, soft_time_limit=_soft(_S.heavy_time_limit),
              time_limit=_S.heavy_time_limit)
 
 
-def _timed_out(stage: str, chunk: dict) -> dict:
+def _timed_out(stage: str, chunk: dict, msg: str | None = None) -> dict:
     """A light stage that overran its soft limit: its items become error records."""
-    msg = f"timeout: {stage} overran its time limit"
+    msg = msg or f"timeout: {stage} overran its time limit"
     return {"stage": stage, "model": "", "results": {},
             "errors": {it["id"]: msg for it in chunk["items"]}, "ms": {}}
 
 
+def _header(task: StageTask, stage: str, fn, chunk: dict, *args) -> dict:
+    """Run one header stage. Its partial says how often it ran (``attempts``) and how often
+    botocore retried its store requests (``store_retries``); compose puts both in the records.
+    A store still failing after the last Celery retry gives error partials, so the chord
+    goes on and every item still gets its record."""
+    r0 = store_retries()
+    try:
+        out = fn(chunk, *args)
+    except SoftTimeLimitExceeded:
+        out = _timed_out(stage, chunk)
+    except TransientStoreError as e:
+        if task.request.retries < task.max_retries:
+            raise  # autoretry_for: again, with backoff
+        out = _timed_out(stage, chunk, f"store_unavailable: {stage}: {e}")
+    out["attempts"] = task.attempt
+    out["store_retries"] = store_retries() - r0
+    return out
+
+
 @app.task(name="itx.ocr", **LIGHT)
 def ocr(self, chunk: dict) -> dict:
-    try:
-        return chunks.ocr_chunk(chunk)
-    except SoftTimeLimitExceeded:
-        return _timed_out(f"ocr:{chunk['spec'].get('ocr')}", chunk)
+    chunk = chunks.load_chunk(chunk)  # a chunk sent by reference is read from the store
+    return _header(self, f"ocr:{chunk['spec'].get('ocr')}", chunks.ocr_chunk, chunk)
 
 
 @app.task(name="itx.caption", **LIGHT)
 def caption(self, chunk: dict, model: str) -> dict:
-    try:
-        return chunks.caption_chunk(chunk, model)
-    except SoftTimeLimitExceeded:
-        return _timed_out(f"caption:{model}", chunk)
+    chunk = chunks.load_chunk(chunk)
+    return _header(self, f"caption:{model}", chunks.caption_chunk, chunk, model)
 
 
 @app.task(name="itx.vqa", **LIGHT)
 def vqa(self, chunk: dict) -> dict:
-    try:
-        return chunks.vqa_chunk(chunk)
-    except SoftTimeLimitExceeded:
-        return _timed_out("vqa:blip-vqa", chunk)
+    chunk = chunks.load_chunk(chunk)
+    return _header(self, "vqa:blip-vqa", chunks.vqa_chunk, chunk)
 
 
 @app.task(name="itx.compose", **LIGHT)
 def compose(self, partials: list[dict], chunk: dict) -> dict:
-    return chunks.compose_chunk(partials, chunk)
+    return chunks.compose_chunk(partials, chunk, attempts=self.attempt)
 
 
 @app.task(name="itx.generate", **HEAVY)
 def generate(self, state: dict) -> dict:
-    attempts = self.request.retries + 1
-    for r in state.get("records", []):
-        r["attempts"] = attempts
+    state = chunks.load_state(state)  # compose's records, when it handed them on by reference
+    for r in state.get("records", []):  # the most runs of any task of the item's chunk
+        r["attempts"] = max(r.get("attempts") or 1, self.attempt)
     try:
         return chunks.generate_chunk(state)
     except SoftTimeLimitExceeded:

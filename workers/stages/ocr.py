@@ -416,6 +416,12 @@ class RapidOCR(Backend):
                 params["EngineConfig.onnxruntime.use_cuda"] = True
             else:
                 log.info("rapidocr: onnxruntime has no CUDA provider here; running on CPU")
+        else:
+            # the process's thread budget (torch's: OMP_NUM_THREADS, set_num_threads);
+            # onnxruntime's default, a spinning thread per core, starves the other stages
+            import torch
+
+            params["EngineConfig.onnxruntime.intra_op_num_threads"] = torch.get_num_threads()
         self.device, self.dtype = device, dtype
         self.engine = rapidocr.RapidOCR(params=params)
         for step in ("_load_det_model", "_load_cls_model", "_load_rec_model"):
