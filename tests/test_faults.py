@@ -382,3 +382,26 @@ def test_out_of_memory_retries_with_smaller_mini_batches():
     with pytest.raises(ValueError):  # anything else is not swallowed
         Picky.__call__ = lambda self, images: (_ for _ in ()).throw(ValueError("bad"))
         b.run([1, 2], batch_size=8)
+
+
+def test_a_failing_batch_is_retried_item_by_item_so_one_bad_item_costs_only_itself():
+    """A model that fails on one input fails its whole mini-batch; the stage runner then runs
+    the batch's items one by one: the bad one gets a `stage_failed` error, the rest results."""
+    from workers.chunks import run_isolated
+    from workers.images import ItemError
+    from workers.stages.base import Backend
+
+    class Fragile(Backend):
+        stage, name = "generate", "fragile"
+
+        def __call__(self, prompts, sources, seeds, *, n):
+            if "poison" in prompts:
+                raise RuntimeError("NaN in the latents")
+            assert sources is None
+            return [[f"{p}:{s}"] * n for p, s in zip(prompts, seeds)]
+
+    outs, ms = run_isolated(Fragile(), "generate:fragile",
+                            [["a", "poison", "c"], None, [1, 2, 3]], {"n": 2})
+    assert outs[0] == ["a:1", "a:1"] and outs[2] == ["c:3", "c:3"]
+    assert isinstance(outs[1], ItemError) and outs[1].kind == "stage_failed"
+    assert "NaN in the latents" in str(outs[1]) and ms >= 0

@@ -170,22 +170,7 @@ def run_stage(stage: str, name: str, chunk: dict, *, extra_columns=(), call_kwar
     ids = [i for i, _ in good]
     imgs = [img for _, img in good]
     cols = [imgs] + [[col[i] for i in ids] for col in extra_columns]  # columns keyed by id
-    t0 = time.perf_counter()
-    try:
-        outs = backend.run(*cols, **(call_kwargs or {}))
-    except Exception as e:  # isolate: retry item by item, so one bad image costs only itself
-        if _is_time_limit(e):
-            raise
-        log.warning("%s failed on a batch (%s); retrying item by item", key, _err(e))
-        outs = []
-        for j in range(len(ids)):
-            try:
-                outs.append(backend.run(*[[c[j]] for c in cols], **(call_kwargs or {}))[0])
-            except Exception as e1:
-                if _is_time_limit(e1):
-                    raise
-                outs.append(ItemError("stage_failed", f"{key}: {_err(e1)}"))
-    per = (time.perf_counter() - t0) * 1000 / max(1, len(ids))
+    outs, per = run_isolated(backend, key, cols, call_kwargs or {})
     for i, out in zip(ids, outs):
         if isinstance(out, ItemError):
             partial["errors"][i] = str(out)
@@ -193,6 +178,30 @@ def run_stage(stage: str, name: str, chunk: dict, *, extra_columns=(), call_kwar
             partial["results"][i] = out
             partial["ms"][i] = round(per, 1)
     return partial
+
+
+def run_isolated(backend, key: str, cols: list, kwargs: dict) -> tuple[list, float]:
+    """Run ``backend`` over parallel columns (``None`` passes through) in its mini-batches.
+    If a batch fails, run item by item, so one bad item costs only itself: its output is an
+    ``ItemError``. Returns the outputs and the milliseconds per item."""
+    n = len(cols[0])
+    t0 = time.perf_counter()
+    try:
+        outs = backend.run(*cols, **kwargs)
+    except Exception as e:
+        if _is_time_limit(e):
+            raise
+        log.warning("%s failed on a batch (%s); retrying item by item", key, _err(e))
+        outs = []
+        for j in range(n):
+            try:
+                outs.append(backend.run(*[None if c is None else [c[j]] for c in cols],
+                                        **kwargs)[0])
+            except Exception as e1:
+                if _is_time_limit(e1):
+                    raise
+                outs.append(ItemError("stage_failed", f"{key}: {_err(e1)}"))
+    return outs, (time.perf_counter() - t0) * 1000 / max(1, n)
 
 
 def _is_time_limit(e: BaseException) -> bool:
@@ -383,23 +392,7 @@ def _generate(spec, name, ref, todo, sources, store, w, h, batch):
 
     prompts = [r["prompt"] for r in todo]
     seeds = item_seeds(spec.seed, [r["id"] for r in todo])  # stable per item, any chunking
-    t0 = time.perf_counter()
-    try:
-        outs = backend.run(prompts, sources, seeds, **kwargs)
-    except Exception as e:
-        if _is_time_limit(e):
-            raise
-        log.warning("%s failed on a batch (%s); retrying item by item", key, _err(e))
-        outs = []
-        for j in range(len(todo)):
-            try:
-                outs.append(backend.run([prompts[j]], None if sources is None else [sources[j]],
-                                        [seeds[j]], **kwargs)[0])
-            except Exception as e1:
-                if _is_time_limit(e1):
-                    raise
-                outs.append(ItemError("stage_failed", f"{key}: {_err(e1)}"))
-    per = (time.perf_counter() - t0) * 1000 / max(1, len(todo))
+    outs, per = run_isolated(backend, key, [prompts, sources, seeds], kwargs)
     for r, images in zip(todo, outs):
         if isinstance(images, ItemError):
             r["error"] = str(images)
