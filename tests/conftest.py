@@ -42,6 +42,17 @@ def photos():
     return [astronaut, coffee, camera, rgba]
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's models: on 2 shared cores, more threads only contend."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def python() -> str:
     return sys.executable

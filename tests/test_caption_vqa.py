@@ -13,12 +13,7 @@ CAPTIONERS = ["blip", "git", "vit-gpt2"]
 QUESTIONS = ["what is in the image?", "how many dogs are there?"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _few_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from workers.models.cache import load_backend
 from workers.stages.generate import image_seed, item_seeds, resolve_size
@@ -12,12 +11,7 @@ PROMPTS = ["a photo of a cat", "a red street sign", "the sky over a tree, waterc
 STEPS = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _few_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
