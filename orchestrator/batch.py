@@ -270,6 +270,8 @@ class Batch:
         self._pending: list = []  # chunk results submitted by this process
         self._submitted_here = 0
         self._already_done = 0
+        self._finished = 0  # items of this process's chunks that have a record, and failed
+        self._failed = 0
 
     # --- what the store says ------------------------------------------------------------
     def exists(self) -> bool:
@@ -332,12 +334,13 @@ class Batch:
                 "complete": total > 0 and finished == total}
 
     # --- progress of what this process submitted ---------------------------------------
-    def poll(self) -> tuple[int, int, int]:
+    def poll(self, window: int = 256) -> tuple[int, int, int]:
         """(finished, failed, total) for chunks submitted by this process, plus items found
-        done at submission; cheap: asks the result backend about pending chunks only."""
+        done at submission. Cheap at any size: each call reads the state of at most
+        ``window`` pending chunks, oldest first (chunks finish roughly in order)."""
         done = failed = 0
         still = []
-        for res, n in self._pending:
+        for res, n in self._pending[:window]:
             # state and result are plain reads of the result backend; .get() would also
             # subscribe to every result in the chain and hold it until exit
             if res.ready():
@@ -349,9 +352,9 @@ class Batch:
                     failed += n
             else:
                 still.append((res, n))
-        self._pending = still
-        self._finished = getattr(self, "_finished", 0) + done + failed
-        self._failed = getattr(self, "_failed", 0) + failed
+        self._pending = still + self._pending[window:]
+        self._finished += done + failed
+        self._failed += failed
         total = self._submitted_here + self._already_done
         return self._finished + self._already_done, self._failed, total
 
