@@ -501,8 +501,7 @@ def submit(inputs: Iterable[str], spec: PipelineSpec, *, name: str | None = None
     else:
         if resume and not inputs and not coco:
             raise BatchError(f"nothing to resume: no batch {name!r} in {store.uri}")
-        spec = spec.resolved(s.profile) if spec.profile is None or spec.captioners is None \
-            else spec
+        spec = spec.resolved(s.profile)
         done, nchunk = batch.result_ids(), 0
         store.put_json(f"{batch.prefix}/batch.json", {
             "name": name, "spec": spec.model_dump(mode="json"), "inputs": inputs, "coco": coco,

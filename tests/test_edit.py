@@ -95,3 +95,14 @@ def test_spec_checks_rules_before_any_work():
         PipelineSpec(captioners=[], edits=["template:{caption}"]).resolved("tiny-random")
     spec = PipelineSpec(vqa=["what?"], edits=["template:{vqa:what?}"]).resolved("tiny-random")
     assert spec.captioners == ["blip", "git", "vit-gpt2"] and spec.ocr == "rapidocr"
+
+
+def test_resolving_a_spec_fills_defaults_once():
+    """A partly filled spec gets every other default from its profile; resolving again changes
+    nothing, so a stage turned off stays off."""
+    spec = PipelineSpec(profile="tiny-random", captioners=["blip"]).resolved("base")
+    assert (spec.ocr, spec.generator, spec.size, spec.steps) == ("rapidocr", "sd", "64x64", 4)
+    off = PipelineSpec(ocr="none", generator="none").resolved("tiny-random")
+    again = off.resolved("tiny-random")
+    assert again.ocr is None and again.generator is None
+    assert again.fingerprint() == off.fingerprint()

@@ -9,7 +9,7 @@ import hashlib
 import json
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from workers.models.profiles import PROFILES, defaults
 from workers.stages.edit import parse_rules
@@ -38,6 +38,9 @@ class PipelineSpec(BaseModel):
     strength: float = Field(0.75, gt=0.0, le=1.0)
     guidance: float = Field(7.5, ge=0.0, le=50.0)
     models: dict[str, str] = Field(default_factory=dict)  # "<stage>:<backend>" -> ref override
+    # set on what resolved() returns: there None means "off", so resolving again must not
+    # read it as "the profile's default"
+    _resolved: bool = PrivateAttr(default=False)
 
     @field_validator("size")
     @classmethod
@@ -72,7 +75,10 @@ class PipelineSpec(BaseModel):
 
     # --- resolution against a profile ---------------------------------------
     def resolved(self, profile: str) -> "PipelineSpec":
-        """Fill every default from the profile, so workers run exactly what was asked."""
+        """Fill every default from the profile, so workers run exactly what was asked.
+        Idempotent: a resolved spec is returned as it is."""
+        if self._resolved:
+            return self
         p = self.profile or profile
         d = defaults(p)
         ocr = d["ocr"] if self.ocr is None else self.ocr.lower()
@@ -84,6 +90,7 @@ class PipelineSpec(BaseModel):
             size=self.size or d["size"], steps=self.steps or d["steps"],
             caption_for_prompt=self.caption_for_prompt or (caps[0] if caps else None)))
         spec.rules(extra_questions=[])  # checks every rule before any work starts
+        spec._resolved = True
         return spec
 
     def rules(self, extra_edits: list[str] = (), extra_questions: list[str] = ()):
