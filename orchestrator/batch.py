@@ -465,7 +465,7 @@ class _Sender:
 def submit(inputs: Iterable[str], spec: PipelineSpec, *, name: str | None = None,
            chunk: int | None = None, resume: bool = False, coco: str | None = None,
            images: str | None = None, limit: int | None = None, ids: list[int] | None = None,
-           store=None, app=None, on_chunk: Callable[[dict, dict | None], None] | None = None,
+           store=None, app=None, on_chunk: Callable[[dict], None] | None = None,
            order: list | None = None, flush_after: float = 2.0) -> Batch:
     """Stream inputs into the store and enqueue one canvas per chunk, as chunks form.
 
@@ -532,7 +532,7 @@ def submit(inputs: Iterable[str], spec: PipelineSpec, *, name: str | None = None
             batch._pending.append((chunk_canvas(c).apply_async(), len(buf)))
         batch._submitted_here += len(buf)
         if on_chunk:
-            on_chunk(c, None)
+            on_chunk(c)
         nchunk += 1
         buf = []
 

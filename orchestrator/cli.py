@@ -147,7 +147,7 @@ def run(
                   disable=not sys.stderr.isatty() and os.environ.get("ITX_PROGRESS") != "1") as bar:
         task = bar.add_task("run", total=total, rate="")
 
-        def advance(k, _):
+        def advance(k):
             bar.advance(task, k)
             done = bar.tasks[0].completed
             bar.update(task, rate=f"{done / max(1e-9, time.time() - t0):.2f} items/s")

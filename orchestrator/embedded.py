@@ -14,10 +14,10 @@ from workers.spec import PipelineSpec
 def run(inputs: Iterable[str] | str, spec: PipelineSpec | None = None, out: str | Path = "out",
         *, batch: str = "run", chunk: int | None = None, coco: str | None = None,
         images: str | None = None, limit: int | None = None, ids: list[int] | None = None,
-        on_chunk: Callable[[int, int], None] | None = None,
-        on_total: Callable[[int], None] | None = None) -> list[dict]:
+        on_chunk: Callable[[int], None] | None = None) -> list[dict]:
     """Run the pipeline over ``inputs`` in this process; write ``out/manifest.jsonl`` and the
-    images under ``out/``; return the result records in input order."""
+    images under ``out/``; return the result records in input order. ``on_chunk(n)`` is
+    called after each chunk of ``n`` items."""
     from orchestrator.batch import Batch, submit
     from workers.app import app
 
@@ -41,13 +41,10 @@ def run(inputs: Iterable[str] | str, spec: PipelineSpec | None = None, out: str 
                     store.delete(key)
                 store.delete(f"runs/{batch}/batch.json")
 
-            def counted(c, _):
-                if on_chunk:
-                    on_chunk(len(c["items"]), sum(1 for _ in c["items"]))
-
+            counted = (lambda c: on_chunk(len(c["items"]))) if on_chunk else None
             t0 = time.time()
             b = submit(inputs, spec, name=batch, chunk=chunk, coco=coco, images=images,
-                       limit=limit, ids=ids, store=store, app=app, on_chunk=counted, order=order)
+                       limit=limit, ids=ids, store=store, app=app, order=order, on_chunk=counted)
             records = list(b.results(order))
     finally:
         app.conf.update(before)
