@@ -18,6 +18,8 @@ from celery import chord
 
 from workers import tasks
 from workers.app import HEAVY
+from workers.chunks import expected_stages
+from workers.spec import PipelineSpec
 
 
 def slim(chunk: dict, *, questions: bool = False) -> dict:
@@ -42,13 +44,15 @@ def chunk_canvas(chunk: dict):
         s = task.s(*args)
         return s.set(argsrepr=repr((label, *args[1:]))) if ref else s
 
-    header = []
-    if spec.get("ocr"):
-        header.append(sig(tasks.ocr, ref or slim(chunk)))
-    for model in spec.get("captioners") or []:
-        header.append(sig(tasks.caption, ref or slim(chunk), model))
-    if spec.get("vqa") or any(it.get("questions") for it in chunk["items"]):
-        header.append(sig(tasks.vqa, ref or slim(chunk, questions=True)))
+    header = []  # the stages compose expects, so the two can never disagree
+    for stage in expected_stages(PipelineSpec.model_validate(spec), chunk):
+        kind, name = stage.split(":", 1)
+        if kind == "ocr":
+            header.append(sig(tasks.ocr, ref or slim(chunk)))
+        elif kind == "caption":
+            header.append(sig(tasks.caption, ref or slim(chunk), name))
+        else:
+            header.append(sig(tasks.vqa, ref or slim(chunk, questions=True)))
     body = ref or chunk
     compose = sig(tasks.compose, body) if header else tasks.compose.si([], body)
     if spec.get("generator"):

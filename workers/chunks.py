@@ -28,19 +28,41 @@ from workers.storage import TooLargeError, store_retries
 
 log = logging.getLogger(__name__)
 
+class _Lru:
+    """A small thread-safe least-recently-used map, one per process."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._d: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, default=None):
+        with self._lock:
+            if key not in self._d:
+                return default
+            self._d.move_to_end(key)
+            return self._d[key]
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+
+
+_MISS = object()
+
 # --- reading images: one read and decode per image per process, shared by stages -------
-_IMAGES: OrderedDict[str, object] = OrderedDict()
-_IMAGES_LOCK = threading.Lock()
-_IMAGE_CACHE_SIZE = 96
+_IMAGES = _Lru(96)  # image URI -> decoded image or ItemError
 _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="itx-read")
 
 
 def _read_one(uri: str):
+    img = _IMAGES.get(uri, _MISS)
+    if img is not _MISS:
+        return img
     s = get_settings()
-    with _IMAGES_LOCK:
-        if uri in _IMAGES:
-            _IMAGES.move_to_end(uri)
-            return _IMAGES[uri]
     try:
         data = open_store().get(uri, max_bytes=s.max_image_bytes)  # never reads a huge object
         img = decode_image(data, max_pixels=s.max_pixels, max_bytes=s.max_image_bytes)
@@ -56,10 +78,7 @@ def _read_one(uri: str):
         img = ItemError("store_error", str(e))
     except ItemError as e:
         img = e
-    with _IMAGES_LOCK:
-        _IMAGES[uri] = img
-        while len(_IMAGES) > _IMAGE_CACHE_SIZE:
-            _IMAGES.popitem(last=False)
+    _IMAGES.put(uri, img)
     return img
 
 
@@ -86,27 +105,15 @@ def _err(e: BaseException) -> str:
 # (no "ref") is handled as before. Objects read or written here are kept per process under
 # their key and the chunk's nonce (new for every submission), so the stages of one chunk
 # that run in one process read its chunk once and compose finds their partials in memory.
-_OBJECTS: OrderedDict[tuple, object] = OrderedDict()
-_OBJECTS_LOCK = threading.Lock()
-_OBJECT_CACHE_SIZE = 64
-
-
-def _remember(key: tuple, obj) -> None:
-    with _OBJECTS_LOCK:
-        _OBJECTS[key] = obj
-        _OBJECTS.move_to_end(key)
-        while len(_OBJECTS) > _OBJECT_CACHE_SIZE:
-            _OBJECTS.popitem(last=False)
+_OBJECTS = _Lru(64)  # (store, key, nonce) -> a chunk, partial or state read or written here
 
 
 def _fetch(ref: str, nonce) -> object:
     key = (open_store().uri, ref, nonce)
-    with _OBJECTS_LOCK:
-        if key in _OBJECTS:
-            _OBJECTS.move_to_end(key)
-            return _OBJECTS[key]
-    obj = open_store().get_json(ref)
-    _remember(key, obj)
+    obj = _OBJECTS.get(key, _MISS)
+    if obj is _MISS:
+        obj = open_store().get_json(ref)
+        _OBJECTS.put(key, obj)
     return obj
 
 
@@ -135,7 +142,7 @@ def hand_on(chunk: dict, name: str, obj: dict) -> dict:
         return obj
     key = f"runs/{chunk['batch']}/parts/{int(chunk['chunk']):06d}/{name.replace(':', '-')}.json"
     open_store().put_json(key, obj)
-    _remember((open_store().uri, key, chunk.get("nonce")), obj)
+    _OBJECTS.put((open_store().uri, key, chunk.get("nonce")), obj)
     out = {"ref": key, "nonce": chunk.get("nonce")}
     if "stage" in obj:
         out["stage"] = obj["stage"]
@@ -224,12 +231,15 @@ def item_questions(spec: PipelineSpec, item: dict) -> list[str]:
     return qs
 
 
+def _run_vqa(spec: PipelineSpec, chunk: dict) -> dict:
+    questions = {it["id"]: item_questions(spec, it) for it in chunk["items"]}
+    return run_stage("vqa", "blip-vqa", chunk, extra_columns=[questions])
+
+
 def vqa_chunk(chunk: dict) -> dict:
     chunk = load_chunk(chunk)
     spec = PipelineSpec.model_validate(chunk["spec"])
-    questions = {it["id"]: item_questions(spec, it) for it in chunk["items"]}
-    return hand_on(chunk, "vqa:blip-vqa",
-                   run_stage("vqa", "blip-vqa", chunk, extra_columns=[questions]))
+    return hand_on(chunk, "vqa:blip-vqa", _run_vqa(spec, chunk))
 
 
 # --- compose: merge partials, build prompts -----------------------------------------------
@@ -244,7 +254,8 @@ def record_base(item: dict) -> dict:
 
 
 def expected_stages(spec: PipelineSpec, chunk: dict) -> list[str]:
-    """The partials compose needs for this chunk (as ``workflow.chunk_canvas`` asks for them)."""
+    """The header stages of a chunk: what ``workflow.chunk_canvas`` enqueues and what compose
+    needs one partial of each."""
     out = [f"ocr:{spec.ocr}"] if spec.ocr else []
     out += [f"caption:{m}" for m in spec.captioners or []]
     if spec.vqa or any(it.get("questions") for it in chunk["items"]):
@@ -277,9 +288,8 @@ def complete_partials(partials: list[dict], chunk: dict) -> list[dict]:
             log.warning("chunk %s/%s: no %s partial reached compose; running it here",
                         chunk.get("batch"), chunk.get("chunk"), stage)
             kind, name = stage.split(":", 1)
-            extra = [{it["id"]: item_questions(spec, it) for it in chunk["items"]}] \
-                if kind == "vqa" else []
-            by_stage[stage] = run_stage(kind, name, chunk, extra_columns=extra)
+            by_stage[stage] = _run_vqa(spec, chunk) if kind == "vqa" else \
+                run_stage(kind, name, chunk)
         out.append(by_stage[stage])
     return out
 
