@@ -167,8 +167,8 @@ class FileStore(Store):
     def get(self, uri_or_key, max_bytes=None):
         p = self._path(uri_or_key)
         try:
-            if max_bytes is not None and p.stat().st_size > max_bytes:
-                raise TooLargeError(f"{p.stat().st_size} bytes is over the limit of {max_bytes}")
+            if max_bytes is not None and (size := p.stat().st_size) > max_bytes:
+                raise TooLargeError(f"{size} bytes is over the limit of {max_bytes}")
             return p.read_bytes()
         except FileNotFoundError:
             raise NotFoundError(f"no object {uri_or_key!r} in {self.uri}") from None
