@@ -1,6 +1,6 @@
 """The Celery app: settings from ``workers.settings``, queues ``light`` and ``heavy``, routes.
 
-    celery -A workers worker -Q light   # small GPUs: ocr, caption, vqa, compose
+    celery -A workers worker -Q light   # small GPUs: ocr, caption, vqa
     celery -A workers worker -Q heavy   # large GPUs: generate
     celery -A workers flower            # monitoring
 
