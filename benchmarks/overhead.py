@@ -3,7 +3,7 @@ in-process calls of the very same stage functions on the same chunks.
 
 Cluster: a dedicated redis-server, one light and one heavy `celery -A workers worker`
 (concurrency 1, one torch thread each), a file:// store, `itx submit --wait --chunk 32`.
-Direct: ``workers.chunks`` functions called in this process (one torch thread) on the
+Direct: ``workers.pipeline`` functions called in this process (one torch thread) on the
 chunks that submission wrote, models already loaded, the same store.
 
 Timings come from the store: a batch's span is from its ``batch.json`` ``created`` to the
@@ -68,26 +68,24 @@ def ledger_chunks(store_root: Path, batch: str) -> list[dict]:
 
 def direct(chunks: list[dict], batch: str) -> dict:
     """Run every stage of every chunk in this process; per-pool seconds."""
-    from workers import chunks as W
+    from workers.pipeline.compose import compose
+    from workers.pipeline.generate import generate
+    from workers.pipeline.run import header_stages, run_stage
+    from workers.pipeline.write import finish
+    from workers.records import Chunk
 
     light = heavy = 0.0
     for c in chunks:
-        c = {"batch": batch, "chunk": c["chunk"], "spec": c["spec"], "items": c["items"]}
-        spec = c["spec"]
+        c = Chunk(batch=batch, chunk=c["chunk"], spec=c["spec"], items=c["items"])
         t = time.perf_counter()
-        parts = []
-        if spec.get("ocr"):
-            parts.append(W.ocr_chunk(c))
-        for m in spec.get("captioners") or []:
-            parts.append(W.caption_chunk(c, m))
-        if spec.get("vqa"):
-            parts.append(W.vqa_chunk(c))
-        state = W.compose_chunk(parts, c)
+        parts = [run_stage(c, stage, name) for stage, name in header_stages(c.spec, c.items)]
+        state = compose(parts, c)
         light += time.perf_counter() - t
-        if spec.get("generator"):
-            t = time.perf_counter()
-            W.generate_chunk(state)
-            heavy += time.perf_counter() - t
+        t = time.perf_counter()
+        if c.spec.generator:
+            generate(state)
+        finish(state)
+        heavy += time.perf_counter() - t
     return {"light_s": light, "heavy_s": heavy}
 
 

@@ -7,9 +7,10 @@ Importing ``orchestrator`` never imports torch, transformers, diffusers or easyo
                         edits=["replace:cat=dog", "style:watercolor"], generator="sd")
     records = run(["photos/"], spec, out="out/")            # embedded, returns result records
     batch = submit(["s3://bkt/photos/"], spec, name="b1")   # distributed
-    batch.wait(progress=True); batch.results()              # iterator of result records
+    batch.wait(); batch.results()                           # iterator of result records
 """
-from orchestrator.batch import Batch, BatchError, submit
+from orchestrator.batch import Batch, BatchError
+from orchestrator.submit import submit
 from orchestrator.embedded import run
 from workers.spec import PipelineSpec
 

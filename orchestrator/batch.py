@@ -1,262 +1,29 @@
-"""Streaming submission, idempotent ids, resume and status.
-
-Layout in the store::
-
-    inputs/<sha256>.<ext>                 content-addressed input images
-    runs/<batch>/batch.json               spec, inputs, chunk size, created
-    runs/<batch>/chunks/<n>.json          the ids submitted in chunk n (the ledger)
-    runs/<batch>/results/<id>.json        one result record per item: "done" is a file
-    runs/<batch>/images/<id>-<k>.png      generated images
-
-Status, results and resume are derived from the store, never from Redis.
-"""
+"""A batch as the store knows it: status, results, progress. Works from any machine, after
+Redis forgot everything (status and results are derived from the store)."""
 from __future__ import annotations
 
-import hashlib
-import queue
-import threading
-import json
 import time
-import urllib.error
-import urllib.request
-import uuid
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
-from pathlib import Path
-from urllib.parse import urlparse
+from typing import NamedTuple
 
-from orchestrator.inputs import InputItem, iter_inputs
-from workers.settings import get_settings
-from workers.spec import PipelineSpec
-from workers.storage import OutsideStoreError, S3Store, StoreError, open_store
+from workers.records import ResultRecord
+from workers.storage import StoreError, open_store
 
 
 class BatchError(RuntimeError):
     """A problem with a batch as a whole (exists already, unknown, …)."""
 
 
-def _sha(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+class Progress(NamedTuple):
+    """Items of the chunks one process submitted: finished (with a record), failed among
+    them, total, and how many of those were found done at submission."""
 
-
-def item_id(content: str, spec_fp: str, item: InputItem) -> str:
-    """Deterministic: the same content and stage spec always give the same id."""
-    return _sha(content, spec_fp, item.questions, item.edit)
-
-
-# --- staging: inputs -> items in the store -------------------------------------------------
-def _check_url(url: str) -> None:
-    """Only http(s), only hosts in ITX_HTTP_ALLOW_HOSTS, no credentials in the URL."""
-    u = urlparse(url)
-    if u.scheme not in ("http", "https"):
-        raise _Bad("unknown_scheme", f"cannot fetch {u.scheme}:// URLs")
-    if "@" in u.netloc:
-        raise _Bad("disallowed_host", "URLs with credentials in them are not fetched")
-    host = (u.hostname or "").lower()
-    if host not in {h.lower() for h in get_settings().http_allow_hosts}:
-        raise _Bad("disallowed_host", f"host {host!r} is not in ITX_HTTP_ALLOW_HOSTS")
-
-
-class _AllowedRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow a redirect only to an allowed host: an allowed server cannot send us elsewhere."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        _check_url(newurl)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _fetch_http(url: str) -> bytes:
-    """GET an allowed URL: at most ITX_HTTP_MAX_BYTES, within ITX_HTTP_TIMEOUT_S in all."""
-    s = get_settings()
-    _check_url(url)
-    limit, deadline = s.http_max_bytes, time.monotonic() + s.http_timeout_s
-    opener = urllib.request.build_opener(_AllowedRedirects)
-    req = urllib.request.Request(url, headers={"User-Agent": "itx"})
-    too_large = _Bad("file_too_large", f"{url} is over the limit of {limit} bytes")
-    try:
-        with opener.open(req, timeout=s.http_timeout_s) as r:
-            size = r.headers.get("Content-Length", "")
-            if size.isdigit() and int(size) > limit:
-                raise too_large
-            parts, n = [], 0
-            while True:
-                if time.monotonic() > deadline:
-                    raise _Bad("http_timeout", f"{url} took over {s.http_timeout_s} s")
-                b = r.read1(65536)
-                if not b:
-                    return b"".join(parts)
-                parts.append(b)
-                n += len(b)
-                if n > limit:
-                    raise too_large
-    except urllib.error.HTTPError as e:
-        raise _Bad("http_error", f"{url}: HTTP {e.code} {e.reason}") from None
-    except TimeoutError:
-        raise _Bad("http_timeout", f"{url}: no answer within {s.http_timeout_s} s") from None
-    except urllib.error.URLError as e:
-        if isinstance(e.reason, TimeoutError):
-            raise _Bad("http_timeout", f"{url}: no answer within {s.http_timeout_s} s") from None
-        raise _Bad("http_error", f"{url}: {e.reason}") from None
-    except OSError as e:  # connection reset, refused while reading
-        raise _Bad("http_error", f"{url}: {e}") from None
-
-
-class _Bad(Exception):
-    def __init__(self, kind, msg):
-        super().__init__(f"{kind}: {msg}")
-
-
-def stage_item(item: InputItem, store, spec_fp: str) -> dict:
-    """Put one input into the store (skipping objects already there); return the chunk item."""
-    s = get_settings()
-    extra = {k: v for k, v in (("questions", item.questions), ("edit", item.edit),
-                                ("coco_id", item.coco_id), ("file_name", item.file_name)) if v}
-    try:
-        if item.error:
-            raise _Bad(*item.error.split(": ", 1)) if ": " in item.error else _Bad("bad_input",
-                                                                                   item.error)
-        if item.path is not None:
-            p = item.path
-            if not p.exists():
-                raise _Bad("not_found", f"no such file {str(p)!r}")
-            if not p.is_file():
-                raise _Bad("not_a_file", f"{str(p)!r} is not a regular file")
-            size = p.stat().st_size
-            if size > s.max_image_bytes:
-                raise _Bad("file_too_large", f"{size} bytes is over the limit of {s.max_image_bytes}")
-            try:
-                data = p.read_bytes()
-            except OSError as e:
-                raise _Bad("unreadable", f"cannot read {str(p)!r}: {e.strerror}") from None
-            uri, _ = store.put_content(data, p.suffix or ".bin")
-            content = uri.rsplit("/", 1)[-1]
-        else:
-            scheme = urlparse(item.uri).scheme
-            if scheme == "s3":
-                try:
-                    store.key_of(item.uri)
-                    uri = item.uri  # already in the store: use it where it is
-                    content = uri
-                except OutsideStoreError:
-                    u = urlparse(item.uri)
-                    data = S3Store(f"s3://{u.netloc}").get(u.path.lstrip("/"))
-                    uri, _ = store.put_content(data, Path(u.path).suffix or ".bin")
-                    content = uri.rsplit("/", 1)[-1]
-            elif scheme in ("http", "https"):
-                data = _fetch_http(item.uri)
-                uri, _ = store.put_content(data, Path(urlparse(item.uri).path).suffix or ".bin")
-                content = uri.rsplit("/", 1)[-1]
-            else:
-                raise _Bad("unknown_scheme", f"cannot read {item.uri!r}")
-    except _Bad as e:
-        return {"id": _sha("error", item.source, spec_fp), "source": item.source, "image": None,
-                "error": str(e), **extra}
-    except StoreError as e:
-        return {"id": _sha("error", item.source, spec_fp), "source": item.source, "image": None,
-                "error": f"store_error: {e}", **extra}
-    except OSError as e:
-        return {"id": _sha("error", item.source, spec_fp), "source": item.source, "image": None,
-                "error": f"unreadable: {e}", **extra}
-    return {"id": item_id(content, spec_fp, item), "source": item.source, "image": uri,
-            "error": None, **extra}
-
-
-_HANDOFF = 64  # items the stager takes from the input thread at a time, at most
-
-
-def _no_io(item: InputItem, store) -> bool:
-    """Staging ``item`` reads and writes nothing: an error, or an s3:// object in the store."""
-    if item.error:
-        return True
-    if item.path is not None or not (item.uri or "").startswith("s3://"):
-        return False
-    try:
-        store.key_of(item.uri)
-        return True
-    except StoreError:
-        return False
-
-
-class _Done:
-    """An item staged in the calling thread, in the shape of a finished future."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value):
-        self.value = value
-
-    def done(self) -> bool:
-        return True
-
-    def result(self):
-        return self.value
-
-
-class _Raised:
-    def __init__(self, exc: BaseException):
-        self.exc = exc
-
-
-_END = object()
-
-
-def stage_items(items: Iterable[InputItem], store, spec_fp: str, threads: int = 16,
-                window: int = 256, tick: float = 0.5) -> Iterator[dict | None]:
-    """Upload in parallel and yield chunk items in input order as soon as each is ready.
-
-    At most ``window`` items are in flight, so memory stays flat. Inputs are read in a thread,
-    so a slow source (a pipe, a listing) never holds back items already staged: while waiting
-    it yields ``None`` every ``tick`` seconds, letting the caller flush a partial chunk.
-    """
-    q: queue.Queue = queue.Queue(maxsize=window)
-
-    def produce():
-        try:
-            for it in items:
-                q.put(it)
-        except BaseException as e:  # surfaced in the caller's thread
-            q.put(_Raised(e))
-        finally:
-            q.put(_END)
-
-    threading.Thread(target=produce, name="itx-inputs", daemon=True).start()
-    inflight: deque = deque()
-    ended = False
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="itx-stage") as pool:
-        while not ended or inflight:
-            while inflight and inflight[0].done():
-                yield inflight.popleft().result()
-            if ended or len(inflight) >= window:
-                if inflight:
-                    yield inflight.popleft().result()
-                continue
-            try:
-                got = [q.get(timeout=0.02 if inflight else tick)]
-            except queue.Empty:
-                if not inflight:
-                    yield None  # idle: the source is slow
-                continue
-            while len(got) < _HANDOFF:  # whatever else is ready, without waiting
-                try:
-                    got.append(q.get_nowait())
-                except queue.Empty:
-                    break
-            for it in got:
-                if it is _END:
-                    ended = True
-                elif isinstance(it, _Raised):
-                    raise it.exc
-                elif _no_io(it, store):  # already in the store: staged here, no upload
-                    inflight.append(_Done(stage_item(it, store, spec_fp)))
-                else:
-                    inflight.append(pool.submit(stage_item, it, store, spec_fp))
-
-
-# --- batches ----------------------------------------------------------------------------
-def new_batch_name() -> str:
-    return datetime.now(timezone.utc).strftime("b%Y%m%d-%H%M%S")
+    finished: int
+    failed: int
+    total: int
+    already_done: int
 
 
 class Batch:
@@ -267,9 +34,9 @@ class Batch:
         self.store = store or open_store()
         self.app = app
         self.prefix = f"runs/{name}"
-        self._pending: list = []  # chunk results submitted by this process
-        self._submitted_here = 0
-        self._already_done = 0
+        self._pending: list = []  # (chunk result, items) submitted by this process
+        self.submitted = 0  # items this process submitted
+        self.already_done = 0  # items found done when this process submitted
         self._finished = 0  # items of this process's chunks that have a record, and failed
         self._failed = 0
 
@@ -294,16 +61,22 @@ class Batch:
         return {k.rsplit("/", 1)[-1][:-5] for k in self.store.list(f"{self.prefix}/results/")
                 if k.endswith(".json")}
 
-    def record(self, item_id: str) -> dict:
-        return self.store.get_json(f"{self.prefix}/results/{item_id}.json")
+    def record(self, item_id: str) -> ResultRecord:
+        return ResultRecord.model_validate(
+            self.store.get_json(f"{self.prefix}/results/{item_id}.json"))
 
-    def results(self, ids: Iterable[str] | None = None) -> Iterator[dict]:
-        """Result records, in submission order (each id once)."""
+    def records(self, ids: Iterable[str] | None = None) -> Iterator[ResultRecord]:
+        """Result records (validated), in submission order (each id once)."""
         ids = self.submitted_ids() if ids is None else ids
         done = self.result_ids()
         keys = [i for i in ids if i in done]
         with ThreadPoolExecutor(max_workers=16) as pool:
             yield from pool.map(self.record, keys)
+
+    def results(self, ids: Iterable[str] | None = None) -> Iterator[dict]:
+        """Result records as JSON-able dicts (what manifests hold), in submission order."""
+        for rec in self.records(ids):
+            yield rec.dump()
 
     def status(self) -> dict:
         meta = self.meta()
@@ -312,14 +85,13 @@ class Batch:
         reasons: Counter = Counter()
         ok = failed = 0
         first = last = None
-        for rec_key in (f"{self.prefix}/results/{i}.json" for i in submitted if i in done_ids):
-            rec = self.store.get_json(rec_key)
-            if rec.get("error"):
+        for rec in self.records([i for i in submitted if i in done_ids]):
+            if rec.error:
                 failed += 1
-                reasons[str(rec["error"]).split(":", 1)[0]] += 1
+                reasons[rec.kind] += 1
             else:
                 ok += 1
-            t = rec.get("finished_at")
+            t = rec.finished_at
             if t:
                 first = t if first is None or t < first else first
                 last = t if last is None or t > last else last
@@ -334,10 +106,24 @@ class Batch:
                 "complete": total > 0 and finished == total}
 
     # --- progress of what this process submitted ---------------------------------------
-    def poll(self, window: int = 256) -> tuple[int, int, int]:
-        """(finished, failed, total) for chunks submitted by this process, plus items found
-        done at submission. Cheap at any size: each call reads the state of at most
-        ``window`` pending chunks, oldest first (chunks finish roughly in order)."""
+    def track(self, result, n: int) -> None:
+        """Follow a chunk this process enqueued (its canvas's result) of ``n`` items."""
+        self._pending.append((result, n))
+        self.submitted += n
+
+    def skip_done(self, n: int = 1) -> None:
+        """Count items found with a record already (not submitted again)."""
+        self.already_done += n
+
+    @property
+    def busy(self) -> bool:
+        """Whether a chunk this process submitted has not finished yet."""
+        return bool(self._pending)
+
+    def poll(self, window: int = 256) -> Progress:
+        """Progress of the chunks submitted by this process, plus items found done at
+        submission. Cheap at any size: each call reads the state of at most ``window``
+        pending chunks, oldest first (chunks finish roughly in order)."""
         done = failed = 0
         still = []
         for res, n in self._pending[:window]:
@@ -355,213 +141,23 @@ class Batch:
         self._pending = still + self._pending[window:]
         self._finished += done + failed
         self._failed += failed
-        total = self._submitted_here + self._already_done
-        return self._finished + self._already_done, self._failed, total
+        return Progress(self._finished + self.already_done, self._failed,
+                        self.submitted + self.already_done, self.already_done)
 
-    def wait(self, progress: bool = True, poll_s: float = 1.0, timeout: float | None = None,
-             console=None) -> dict:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-
+    def wait(self, poll_s: float = 1.0, timeout: float | None = None,
+             on_progress: Callable[[Progress], None] | None = None) -> dict:
+        """Block until every chunk this process submitted has finished (``on_progress`` is
+        called after each poll); return the batch's status."""
         t0 = time.monotonic()
-        cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("failed {task.fields[failed]}"), TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-        with Progress(*cols, console=console, disable=not progress, transient=False) as bar:
-            task = bar.add_task(self.name, total=None, failed=0, rate="")
-            while True:
-                finished, failed, total = self.poll()
-                el = time.monotonic() - t0
-                rate = f"{(finished - self._already_done) / el:.1f} items/s" if el > 0 else ""
-                bar.update(task, completed=finished, total=total, failed=failed, rate=rate)
-                if not self._pending:
-                    break
-                if timeout is not None and el > timeout:
-                    raise TimeoutError(f"batch {self.name} not finished after {timeout} s")
-                time.sleep(poll_s)
+        while True:
+            prog = self.poll()
+            if on_progress:
+                on_progress(prog)
+            if not self._pending:
+                break
+            if timeout is not None and time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"batch {self.name} not finished after {timeout} s")
+            time.sleep(poll_s)
         return self.status()
 
 
-def _drop_subscriptions(backend) -> None:
-    """Celery's Redis result backend subscribes (pub/sub) to every chord header result it
-    sends and keeps each result object until its task is ready. We poll states instead, so
-    drop them as we go: a million-item batch must not hold 100,000 subscriptions."""
-    pending = getattr(backend, "_pending_results", None)
-    if not pending:
-        return
-    for mapping in pending:
-        for task_id in list(mapping):
-            for r in list((mapping.get(task_id) or {}).values()):
-                try:
-                    backend.remove_pending_result(r)
-                except Exception:
-                    pass
-
-
-def check_services(app) -> None:
-    """Fail fast, in one line and without credentials, when the broker or the result backend
-    cannot be reached (down, wrong password, a TLS certificate that does not verify)."""
-    if app.conf.task_always_eager:
-        return
-    with app.connection_for_write() as conn:
-        try:
-            conn.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.5,
-                                   timeout=10)
-        except Exception as e:
-            raise BatchError(f"cannot reach the broker {conn.as_uri()}: {e}") from None
-    client = getattr(app.backend, "client", None)  # redis result backends
-    if client is not None:
-        try:
-            client.ping()
-        except Exception as e:
-            raise BatchError(f"cannot reach the result backend: {e}") from None
-
-
-class _Sender:
-    """Writes chunk ledgers and enqueues chunk canvases while the next chunks are staged.
-
-    Ledger writes run a few at a time (each is a store round trip); one thread then enqueues
-    each chunk's canvas, in chunk order, once its ledger is written (a worker reads the
-    ledger). Celery is used from that one thread only. At most ``depth`` chunks wait, so
-    memory stays flat and a slow broker slows submission down instead of filling memory.
-    """
-
-    def __init__(self, batch: Batch, canvas, threads: int = 4, depth: int = 16):
-        self.batch, self.canvas = batch, canvas
-        self.puts = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="itx-ledger")
-        self.q: queue.Queue = queue.Queue(maxsize=depth)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="itx-enqueue", daemon=True)
-        self.thread.start()
-
-    def send(self, key: str, ledger: dict, chunk: dict, n: int) -> None:
-        if self.error is not None:
-            raise self.error
-        self.q.put((self.puts.submit(self.batch.store.put_json, key, ledger), chunk, n))
-
-    def _run(self) -> None:
-        app = self.batch.app
-        while (job := self.q.get()) is not None:
-            if self.error is not None:
-                continue  # drain after a failure; close() raises it
-            written, chunk, n = job
-            try:
-                written.result()
-                res = self.canvas(chunk).apply_async()
-                _drop_subscriptions(app.backend)
-                self.batch._pending.append((res, n))
-            except BaseException as e:
-                self.error = e
-
-    def close(self, raise_error: bool = True) -> None:
-        """Wait until every chunk handed over is enqueued; raise the first error, if any."""
-        self.q.put(None)
-        self.thread.join()
-        self.puts.shutdown()
-        if raise_error and self.error is not None:
-            raise self.error
-
-
-def submit(inputs: Iterable[str], spec: PipelineSpec, *, name: str | None = None,
-           chunk: int | None = None, resume: bool = False, coco: str | None = None,
-           images: str | None = None, limit: int | None = None, ids: list[int] | None = None,
-           store=None, app=None, on_chunk: Callable[[dict], None] | None = None,
-           order: list | None = None, flush_after: float = 2.0) -> Batch:
-    """Stream inputs into the store and enqueue one canvas per chunk, as chunks form.
-
-    Items that already have a result record in this batch are not submitted again.
-    ``resume`` continues an existing batch (with no inputs: the inputs it was created with).
-    """
-    from orchestrator.workflow import chunk_canvas
-
-    s = get_settings()
-    if app is None:
-        from workers.app import app
-    check_services(app)
-    store = store or open_store()
-    name = name or new_batch_name()
-    batch = Batch(name, store, app)
-    inputs = list(inputs)
-    if spec.n > s.max_outputs_per_item:
-        raise BatchError(f"--n {spec.n}: at most {s.max_outputs_per_item} generated images per "
-                         f"item (ITX_MAX_OUTPUTS_PER_ITEM)")
-    if batch.exists():
-        meta = batch.meta()
-        if not resume:
-            raise BatchError(f"batch {name!r} exists in {store.uri}; add --resume to submit "
-                             f"only its items without a result record")
-        spec = PipelineSpec.model_validate(meta["spec"])
-        if not inputs and not coco:
-            inputs = meta["inputs"]
-            coco, images = meta.get("coco"), meta.get("images")
-            limit, ids = meta.get("limit"), meta.get("ids")
-        chunk = chunk or meta.get("chunk")
-        done = batch.result_ids()
-        nchunk = sum(1 for _ in store.list(f"{batch.prefix}/chunks/"))
-    else:
-        if resume and not inputs and not coco:
-            raise BatchError(f"nothing to resume: no batch {name!r} in {store.uri}")
-        spec = spec.resolved(s.profile)
-        done, nchunk = batch.result_ids(), 0
-        store.put_json(f"{batch.prefix}/batch.json", {
-            "name": name, "spec": spec.model_dump(mode="json"), "inputs": inputs, "coco": coco,
-            "images": images, "limit": limit, "ids": ids, "chunk": chunk or s.chunk_size,
-            "store": store.uri, "created": time.time()})
-    chunk = chunk or s.chunk_size
-    spec_json = spec.model_dump(mode="json")
-    fp = spec.fingerprint()
-    items = iter_inputs(inputs, coco=coco, images=images, limit=limit, ids=ids)
-    buf: list[dict] = []
-    seen: set[str] = set()
-    # new for every submission: workers cache the chunks they read under (ledger key, nonce)
-    nonce = uuid.uuid4().hex[:12]
-
-    def flush():
-        nonlocal nchunk, buf
-        if not buf:
-            return
-        c = {"batch": name, "chunk": nchunk, "spec": spec_json, "items": buf}
-        # the ledger holds the whole chunk: tasks get a pointer to it, not the items
-        key = f"{batch.prefix}/chunks/{nchunk:06d}.json"
-        ledger = {"ids": [i["id"] for i in buf], **c}
-        c = {**c, "ref": key, "nonce": nonce}
-        if sender is not None:  # with a broker: written and enqueued while staging goes on
-            sender.send(key, ledger, c, len(buf))
-        else:  # eager (`itx run`): the chunk runs right here, now
-            store.put_json(key, ledger)
-            batch._pending.append((chunk_canvas(c).apply_async(), len(buf)))
-        batch._submitted_here += len(buf)
-        if on_chunk:
-            on_chunk(c)
-        nchunk += 1
-        buf = []
-
-    sender = None if app.conf.task_always_eager else _Sender(batch, chunk_canvas)
-    try:
-        last_flush = time.monotonic()
-        for it in stage_items(items, store, fp):
-            if it is None:  # the input is slow: do not hold a partial chunk back for long
-                if buf and time.monotonic() - last_flush > flush_after:
-                    flush()
-                    last_flush = time.monotonic()
-                continue
-            if it["id"] in seen:  # the same image twice in one batch: one record
-                continue
-            seen.add(it["id"])
-            if order is not None:
-                order.append(it["id"])
-            if it["id"] in done:
-                batch._already_done += 1
-                continue
-            buf.append(it)
-            if len(buf) >= chunk:
-                flush()
-                last_flush = time.monotonic()
-        flush()
-    except BaseException:
-        if sender is not None:
-            sender.close(raise_error=False)
-        raise
-    if sender is not None:
-        sender.close()
-    return batch

@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from workers.stages import table as stage_table
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="itx: images -> text -> edited text -> images, in-process or on Celery "
                        "GPU pools.")
@@ -32,14 +34,25 @@ def fail(msg: str, code: int = 2):
 # --- shared stage options ------------------------------------------------------------------
 Profile = Annotated[Optional[str], typer.Option("--profile", "-p",
                     help="Model profile: base, large or tiny-random (default: ITX_PROFILE).")]
+def _choices(stage: str) -> str:
+    return " | ".join(stage_table.names(stage))
+
+
 Captioners = Annotated[Optional[str], typer.Option(
-    "--captioners", help="Comma-separated captioners: blip,git,vit-gpt2 or HF ids; 'none' for none.")]
-Ocr = Annotated[Optional[str], typer.Option("--ocr", help="easyocr | rapidocr | tesseract | none.")]
+    "--captioners", help=f"Comma-separated captioners: {','.join(stage_table.names('caption'))} "
+                         f"or HF ids; 'none' for none.")]
+Ocr = Annotated[Optional[str], typer.Option("--ocr", help=f"{_choices('ocr')} | none.")]
 Vqa = Annotated[Optional[list[str]], typer.Option("--vqa", help="A question for every image "
                                                   "(repeat for more).")]
+VqaBackend = Annotated[Optional[str], typer.Option("--vqa-backend",
+                                                   help=f"Who answers --vqa: {_choices('vqa')}.")]
+Model = Annotated[Optional[list[str]], typer.Option(
+    "--model", help="STAGE:BACKEND=REF: load other weights (a hub id or a local path) for a "
+                    "backend, e.g. caption:blip=Salesforce/blip-image-captioning-large.")]
 Edit = Annotated[Optional[list[str]], typer.Option(
     "--edit", help="Edit rule, applied in order: template:…, replace:a=b, regex:/p/r/, style:NAME.")]
-Generator = Annotated[Optional[str], typer.Option("--generator", help="sd | sd-img2img | if | none.")]
+Generator = Annotated[Optional[str], typer.Option("--generator",
+                                                  help=f"{_choices('generate')} | none.")]
 Steps = Annotated[Optional[int], typer.Option("--steps", help="Diffusion steps (default: the "
                                                                "profile's).")]
 Size = Annotated[Optional[str], typer.Option("--size", help="Output size WIDTHxHEIGHT, multiples "
@@ -55,7 +68,18 @@ Ids = Annotated[Optional[str], typer.Option("--ids", help="COCO image ids, comma
 Chunk = Annotated[Optional[int], typer.Option("--chunk", help="Items per chunk (task).")]
 
 
-def make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength):
+def _models(model: list[str] | None) -> dict[str, str]:
+    out = {}
+    for m in model or []:
+        key, eq, ref = m.partition("=")
+        if not eq or ":" not in key or not ref.strip():
+            fail(f"--model {m!r}: write STAGE:BACKEND=REF, e.g. caption:blip=/models/blip-large")
+        out[key.strip()] = ref.strip()
+    return out
+
+
+def make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength,
+              vqa_backend=None, model=None):
     from pydantic import ValidationError
 
     from workers.settings import get_settings
@@ -72,6 +96,7 @@ def make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed,
             [c.strip() for c in captioners.split(",") if c.strip()]
     try:
         spec = PipelineSpec(profile=profile, captioners=caps, ocr=ocr, vqa=vqa or [],
+                            vqa_backend=vqa_backend, models=_models(model),
                             edits=edit or [], generator=generator, steps=steps, size=size,
                             seed=seed, n=n, strength=strength)
         s = get_settings()
@@ -123,7 +148,8 @@ def run(
     profile: Profile = None, captioners: Captioners = None, ocr: Ocr = None, vqa: Vqa = None,
     edit: Edit = None, generator: Generator = None, steps: Steps = None, size: Size = None,
     seed: Seed = 0, n: N = 1, strength: Strength = 0.75, coco: Coco = None, images: Images = None,
-    limit: Limit = None, ids: Ids = None, chunk: Chunk = None,
+    limit: Limit = None, ids: Ids = None, chunk: Chunk = None, vqa_backend: VqaBackend = None,
+    model: Model = None,
 ):
     """Run the whole pipeline in this process (no broker, no server) and write OUT/manifest.jsonl."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -134,7 +160,8 @@ def run(
 
     if not inputs and not coco:
         fail("give at least one input (file, folder, glob, manifest, s3:// prefix) or --coco")
-    spec = make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength)
+    spec = make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength,
+                     vqa_backend, model)
     _note_profile(spec)
     t0 = time.time()
     _preflight(spec)
@@ -187,16 +214,18 @@ def submit(
     profile: Profile = None, captioners: Captioners = None, ocr: Ocr = None, vqa: Vqa = None,
     edit: Edit = None, generator: Generator = None, steps: Steps = None, size: Size = None,
     seed: Seed = 0, n: N = 1, strength: Strength = 0.75, coco: Coco = None, images: Images = None,
-    limit: Limit = None, ids: Ids = None,
+    limit: Limit = None, ids: Ids = None, vqa_backend: VqaBackend = None, model: Model = None,
 ):
     """Submit a batch to the worker pools (needs a broker: ITX_BROKER_URL)."""
-    from orchestrator.batch import BatchError, submit as submit_batch
+    from orchestrator.batch import BatchError
+    from orchestrator.submit import submit as submit_batch
 
     if not inputs and not coco and not resume:
         fail("give at least one input, or --coco, or --batch NAME --resume")
     if resume and not batch:
         fail("--resume needs --batch NAME")
-    spec = make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength)
+    spec = make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength,
+                     vqa_backend, model)
     t0 = time.time()
     try:
         b = submit_batch(inputs or [], spec, name=batch, chunk=chunk, resume=resume, coco=coco,
@@ -209,14 +238,33 @@ def submit(
         if isinstance(e, (OperationalError, ConnectionError)):
             fail(f"cannot reach the broker or store: {e}")
         raise
-    n_sub = b._submitted_here
-    out_console.print(f"batch [bold]{b.name}[/]: {n_sub} items submitted, "
-                      f"{b._already_done} already done ({time.time() - t0:.1f} s)")
+    out_console.print(f"batch [bold]{b.name}[/]: {b.submitted} items submitted, "
+                      f"{b.already_done} already done ({time.time() - t0:.1f} s)")
     if not wait:
         raise typer.Exit(0)
-    st = b.wait(progress=True, console=console)
+    st = _wait(b)
     _print_status(st)
     raise typer.Exit(1 if st["failed"] else 0)
+
+
+def _wait(b) -> dict:
+    """``Batch.wait`` with a progress bar: items done of total, failures, rate, ETA."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    t0 = time.monotonic()
+    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("failed {task.fields[failed]}"), TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*cols, console=console, transient=False) as bar:
+        task = bar.add_task(b.name, total=None, failed=0, rate="")
+
+        def show(p):
+            el = time.monotonic() - t0
+            rate = f"{(p.finished - p.already_done) / el:.1f} items/s" if el > 0 else ""
+            bar.update(task, completed=p.finished, total=p.total, failed=p.failed, rate=rate)
+
+        return b.wait(on_progress=show)
 
 
 def _print_status(st: dict) -> None:
@@ -282,22 +330,23 @@ def models_tiny(force: Annotated[bool, typer.Option("--force")] = False,
 @models_app.command("list")
 def models_list(profile: Profile = None):
     """The models each profile uses and whether they are on this machine."""
-    from workers.models.profiles import PROFILES
+    from workers.models.profiles import PROFILES, models
     from workers.settings import get_settings
 
     md = get_settings().model_dir
-    t = Table("profile", "stage:backend", "ref", "local")
-    for p, prof in PROFILES.items():
+    routes = stage_table.routes()
+    t = Table("profile", "stage:backend", "pool", "ref", "local")
+    for p in PROFILES:
         if profile and p != profile:
             continue
-        for key, ref in prof["models"].items():
+        for key, ref in models(p).items():
             if ref == "builtin":
                 here = "builtin"
             elif ref.startswith("tiny-random/"):
                 here = "yes" if (md / ref / ".itx-complete").exists() else "built on first use"
             else:
                 here = "yes" if (md / ref).exists() else "no"
-            t.add_row(p, key, ref, here)
+            t.add_row(p, key, routes[key], ref, here)
     out_console.print(t)
 
 

@@ -18,7 +18,8 @@ def run(inputs: Iterable[str] | str, spec: PipelineSpec | None = None, out: str 
     """Run the pipeline over ``inputs`` in this process; write ``out/manifest.jsonl`` and the
     images under ``out/``; return the result records in input order. ``on_chunk(n)`` is
     called after each chunk of ``n`` items."""
-    from orchestrator.batch import Batch, submit
+    from orchestrator.batch import Batch
+    from orchestrator.submit import submit
     from workers.app import app
 
     if isinstance(inputs, str):
@@ -41,7 +42,7 @@ def run(inputs: Iterable[str] | str, spec: PipelineSpec | None = None, out: str 
                     store.delete(key)
                 store.delete(f"runs/{batch}/batch.json")
 
-            counted = (lambda c: on_chunk(len(c["items"]))) if on_chunk else None
+            counted = (lambda c: on_chunk(len(c.items))) if on_chunk else None
             t0 = time.time()
             b = submit(inputs, spec, name=batch, chunk=chunk, coco=coco, images=images,
                        limit=limit, ids=ids, store=store, app=app, order=order, on_chunk=counted)

@@ -1,66 +1,46 @@
-"""The Celery canvas for one chunk (see DESIGN.md):
+"""The Celery canvas for one chunk:
 
-    chord(group(ocr(chunk), caption(chunk, m) for m in captioners, vqa(chunk)), compose(chunk))
-        | generate
+    chord(group(stage(chunk, s, b) for each header stage s:b), compose(chunk)) | generate
 
-The header tasks run on the light pool, generate on the heavy pool; compose runs on the
-light pool when it is the last step and on the heavy pool when generate follows it.
+Each header stage runs on the queue the stage table gives its backend (``ITX_ROUTES``
+overrides it); compose runs where the generator runs when one follows (a few ms of text work
+that would otherwise wait behind the header tasks of every later chunk), else on the light
+queue; generate runs on the generator's queue.
 
-A chunk that ``itx submit`` wrote to the store (it has a ``ref``) travels by reference: every
-task gets ``{"ref", "nonce"}`` and reads the chunk from the store, and the
-stages hand their outputs on the same way (``workers.chunks.hand_on``), so a few hundred
-bytes cross the broker per chunk. Otherwise header tasks get a slim copy of the chunk (ids,
-image URIs, questions) and ``compose`` gets the full chunk.
+A chunk that ``itx submit`` wrote to the store travels by reference: every task gets
+``{"ref", "nonce"}`` and reads the chunk from its ledger, and the stages hand their outputs on
+the same way (``workers.pipeline.read.hand_on``), so a few hundred bytes cross the broker per
+chunk. A chunk without a ledger travels whole.
 """
 from __future__ import annotations
 
 from celery import chord
 
 from workers import tasks
-from workers.app import HEAVY
-from workers.chunks import expected_stages
-from workers.spec import PipelineSpec
+from workers.pipeline.run import header_stages
+from workers.records import Chunk
+from workers.stages import table
 
 
-def slim(chunk: dict, *, questions: bool = False) -> dict:
-    keep = ("id", "image", "error") + (("questions",) if questions else ())
-    return {"batch": chunk["batch"], "chunk": chunk["chunk"], "spec": chunk["spec"],
-            "items": [{k: it[k] for k in keep if it.get(k)} for it in chunk["items"]]}
-
-
-def pointer(chunk: dict) -> dict:
-    """What a task gets for a chunk stored in the store: where it is, and this submission's
-    nonce (the ledger key holds batch and chunk number)."""
-    return {"ref": chunk["ref"], "nonce": chunk.get("nonce")}
-
-
-def chunk_canvas(chunk: dict):
-    spec = chunk["spec"]
-    ref = pointer(chunk) if chunk.get("ref") else None
+def chunk_canvas(chunk: Chunk | dict):
+    chunk = chunk if isinstance(chunk, Chunk) else Chunk.model_validate(chunk)
+    spec = chunk.spec
+    msg = chunk.pointer().model_dump(exclude_none=True) if chunk.ref else chunk.dump()
     # the argument shown in Flower, logs and task events: short, and the same for every task
-    label = f"{chunk['batch']}/{int(chunk['chunk']):06d}"
+    label = f"{chunk.batch}/{chunk.chunk:06d}"
 
-    def sig(task, *args):
+    def sig(task, *args, queue=None):
         s = task.s(*args)
-        return s.set(argsrepr=repr((label, *args[1:]))) if ref else s
+        if queue:
+            s = s.set(queue=queue)
+        return s.set(argsrepr=repr((label, *args[1:]))) if chunk.ref else s
 
-    header = []  # the stages compose expects, so the two can never disagree
-    for stage in expected_stages(PipelineSpec.model_validate(spec), chunk):
-        kind, name = stage.split(":", 1)
-        if kind == "ocr":
-            header.append(sig(tasks.ocr, ref or slim(chunk)))
-        elif kind == "caption":
-            header.append(sig(tasks.caption, ref or slim(chunk), name))
-        else:
-            header.append(sig(tasks.vqa, ref or slim(chunk, questions=True)))
-    body = ref or chunk
-    compose = sig(tasks.compose, body) if header else tasks.compose.si([], body)
-    if spec.get("generator"):
-        # compose (a few ms of text work) runs where generate runs: on the light queue it
-        # would wait behind the header tasks of every chunk submitted after this one, and
-        # the heavy pool would idle until the light pool had drained the whole batch
-        compose = compose.set(queue=HEAVY)
+    header = [sig(tasks.stage, msg, stage, name, queue=table.queue_of(stage, name))
+              for stage, name in header_stages(spec, chunk.items)]
+    gen_queue = table.queue_of("generate", spec.generator) if spec.generator else None
+    compose = sig(tasks.compose, msg, queue=gen_queue) if header else \
+        tasks.compose.si([], msg).set(**({"queue": gen_queue} if gen_queue else {}))
     canvas = chord(header, compose) if header else compose
-    if spec.get("generator"):
-        canvas = canvas | sig(tasks.generate)
+    if spec.generator:
+        canvas = canvas | sig(tasks.generate, queue=gen_queue)
     return canvas

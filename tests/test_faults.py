@@ -292,7 +292,10 @@ def test_compose_dedupes_partials_and_runs_a_missing_stage(tmp_path, model_dir):
     (a redelivery after a worker died, a result lost with a broker restart). compose keeps one
     partial per stage and runs the missing ones itself: no record lacks a stage it asked for.
     Records land on deterministic keys: composing again adds no object."""
-    from workers import chunks
+    from workers.pipeline.compose import compose
+    from workers.pipeline.run import run_stage
+    from workers.pipeline.write import finish
+    from workers.records import Chunk
     from workers.settings import use_settings
     from workers.spec import PipelineSpec
     from workers.storage import open_store
@@ -305,16 +308,16 @@ def test_compose_dedupes_partials_and_runs_a_missing_stage(tmp_path, model_dir):
         items.append({"id": f"x{i}", "image": uri, "source": f"x{i}.png"})
     spec = PipelineSpec(ocr="rapidocr", captioners=["blip"], vqa=["what is it?"],
                         generator="none").resolved("tiny-random")
-    chunk = {"batch": "dup", "chunk": 0, "spec": spec.model_dump(mode="json"), "items": items}
+    chunk = Chunk(batch="dup", chunk=0, spec=spec, items=items)
     with use_settings(store=store.uri):
-        ocr = chunks.ocr_chunk(chunk)
-        ocr["attempts"] = 2  # this copy ran twice
-        whole = [ocr, chunks.caption_chunk(chunk, "blip"), chunks.vqa_chunk(chunk)]
-        chunks.compose_chunk(whole, chunk)
+        ocr = run_stage(chunk, "ocr", "rapidocr")
+        ocr.attempts = 2  # this copy ran twice
+        whole = [ocr, run_stage(chunk, "caption", "blip"), run_stage(chunk, "vqa", "blip-vqa")]
+        finish(compose(whole, chunk))
         expected = {i["id"]: store.get_json(f"runs/dup/results/{i['id']}.json") for i in items}
         before = sorted(store.list("runs/dup/"))
         # the OCR partial twice, caption and VQA missing
-        summary = chunks.compose_chunk([ocr, dict(ocr)], chunk)
+        summary = finish(compose([ocr, ocr.model_copy(deep=True)], chunk))
         after = sorted(store.list("runs/dup/"))
     assert summary["done"] == 3 and summary["failed"] == 0
     assert after == before  # the same keys, overwritten

@@ -11,31 +11,55 @@ from workers.models.cache import load_backend
 from workers.models.device import resolve_device, resolve_dtype
 from workers.models.errors import ModelMissingError
 from workers.models.loader import resolve_model
-from workers.models.profiles import PROFILES, model_ref
-from workers.models.registry import available, get_backend_class
+from workers.models.profiles import PROFILES, model_ref, models
+from workers.stages import table
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_profiles_name_every_stage_backend():
-    for name, prof in PROFILES.items():
+    for name in PROFILES:
         for key in ("ocr:easyocr", "ocr:rapidocr", "ocr:tesseract", "caption:blip", "caption:git",
                     "caption:vit-gpt2", "vqa:blip-vqa", "generate:sd", "generate:sd-img2img",
                     "generate:if"):
-            assert key in prof["models"], (name, key)
+            assert key in models(name), (name, key)
+    assert all(ref.startswith("tiny-random/") or ref == "builtin"
+               for ref in models("tiny-random").values())
     assert model_ref("caption", "blip", "base") == "Salesforce/blip-image-captioning-base"
     assert model_ref("caption", "org/other-model", "base") == "org/other-model"
 
 
-def test_registry():
-    assert available("caption") == ["blip", "git", "vit-gpt2"]
-    assert available("generate") == ["if", "sd", "sd-img2img"]
-    assert set(available("ocr")) == {"easyocr", "rapidocr", "tesseract"}
-    assert get_backend_class("caption", "some/hf-model") is get_backend_class("caption", "blip")
+def test_stage_table():
+    assert table.names("caption") == ["blip", "git", "vit-gpt2"]
+    assert table.names("generate") == ["sd", "sd-img2img", "if"]
+    assert set(table.names("ocr")) == {"easyocr", "rapidocr", "tesseract"}
+    hf = table.get("caption", "some/hf-model")
+    assert hf.load_class() is table.get("caption", "blip").load_class()
+    assert hf.ref("base") == "some/hf-model"
     with pytest.raises(ValueError, match="unknown generate backend 'dalle'"):
-        get_backend_class("generate", "dalle")
+        table.get("generate", "dalle")
     with pytest.raises(ValueError, match="unknown stage"):
-        get_backend_class("translate", "x")
+        table.get("translate", "x")
+    assert table.queue_of("caption", "blip") == "light"
+    assert table.queue_of("generate", "sd") == "heavy"
+    assert table.get("generate", "sd-img2img").consumes == ("prompt", "image")
+
+
+def test_routes_are_overridable(monkeypatch):
+    from workers.settings import reset_settings
+
+    monkeypatch.setenv("ITX_ROUTES", "caption:git=heavy")
+    reset_settings()
+    try:
+        assert table.queue_of("caption", "git") == "heavy"
+        assert table.queue_of("caption", "blip") == "light"
+        monkeypatch.setenv("ITX_ROUTES", "caption:git=gpu")
+        reset_settings()
+        with pytest.raises(ValueError, match="STAGE:BACKEND=light"):
+            table.queue_of("caption", "git")
+    finally:
+        monkeypatch.delenv("ITX_ROUTES")
+        reset_settings()
 
 
 def test_device_and_dtype_are_automatic_and_overridable():

@@ -323,7 +323,7 @@ def test_pickled_task_message_is_refused_and_nothing_runs(sec, tmp_path):
     pids = (w.proc.pid, tuple(w.children()))
     before = w.output()
     tid = "pickled-" + secrets.token_hex(4)
-    msg = probe.amqp.as_task_v2(tid, "itx.ocr", args=(_Canary(str(canary)),), kwargs={})
+    msg = probe.amqp.as_task_v2(tid, "itx.stage", args=(_Canary(str(canary)),), kwargs={})
     queue = probe.amqp.queues["light"]
     with probe.connection_for_write() as conn:
         conn.Producer().publish(msg.body, serializer="pickle", headers=msg.headers,
@@ -335,7 +335,7 @@ def test_pickled_task_message_is_refused_and_nothing_runs(sec, tmp_path):
     log = w.output()[len(before):]
     assert "Refusing to deserialize untrusted content of type pickle" in log, log[-3000:]
     assert not canary.exists(), "a pickled message was deserialized"
-    assert f"Task itx.ocr[{tid}] received" not in log
+    assert f"Task itx.stage[{tid}] received" not in log
     # the worker is the same and still works
     assert alive(w) and (w.proc.pid, tuple(w.children())) == pids
     png(sec["root"] / "inputs" / "after-pickle.png", seed=3)

@@ -1,7 +1,7 @@
 """The Celery app: settings from ``workers.settings``, queues ``light`` and ``heavy``, routes.
 
-    celery -A workers worker -Q light   # small GPUs: ocr, caption, vqa
-    celery -A workers worker -Q heavy   # large GPUs: generate
+    celery -A workers worker -Q light   # small GPUs: ocr, caption, vqa (the stage table's routes)
+    celery -A workers worker -Q heavy   # large GPUs: compose (when generate follows), generate
     celery -A workers flower            # monitoring
 
 Only JSON crosses the broker; a message in any other serialization is rejected.
@@ -14,9 +14,7 @@ from kombu import Queue
 
 from workers.settings import get_settings
 
-LIGHT, HEAVY = "light", "heavy"
-LIGHT_TASKS = ("itx.ocr", "itx.caption", "itx.vqa", "itx.compose")
-HEAVY_TASKS = ("itx.generate",)
+from workers.stages.table import HEAVY, LIGHT
 
 
 def redis_tls(s) -> dict:
@@ -57,8 +55,10 @@ def celery_config(s=None) -> dict:
         # queues and routes: list names equal queue names (no priorities), for KEDA
         task_queues=(Queue(LIGHT, routing_key=LIGHT), Queue(HEAVY, routing_key=HEAVY)),
         task_default_queue=LIGHT,
-        task_routes={**{t: {"queue": LIGHT} for t in LIGHT_TASKS},
-                     **{t: {"queue": HEAVY} for t in HEAVY_TASKS}},
+        # header stages go where the stage table (or ITX_ROUTES) says: the canvas sets each
+        # signature's queue; compose runs where the generator does, else on the light queue
+        task_routes={"itx.stage": {"queue": LIGHT}, "itx.compose": {"queue": LIGHT},
+                     "itx.generate": {"queue": HEAVY}},
         # nothing lost when a worker dies: ack after the work, redeliver on loss
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_model_dir() -> Path:
@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     preload: bool = False  # load this pool's models when a worker process starts
     models_uri: str = ""  # s3://bucket/models: the set `itx models pull --from` reads (k8s init)
     heartbeat_file: Path | None = None  # touched at each worker heartbeat; probes read its age
+
+    # --- stages ---------------------------------------------------------
+    # where a backend runs, when not where the stage table says: "caption:qwen2.5-vl=heavy,..."
+    routes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # decoded images a worker process keeps for the other stages of the same chunk, in bytes
+    image_cache_bytes: int = 512 * 1024 * 1024
 
     # --- limits on input (each has its own error) ------------------------
     max_pixels: int = 40_000_000
@@ -67,6 +73,19 @@ class Settings(BaseSettings):
     redis_ssl_ca_certs: str = ""  # CA bundle that signed the server's certificate (default: system)
     redis_ssl_certfile: str = ""  # client certificate, when the server asks for one
     redis_ssl_keyfile: str = ""
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _routes(cls, v):
+        if not isinstance(v, str):
+            return v
+        out = {}
+        for part in filter(None, (p.strip() for p in v.split(","))):
+            key, eq, queue = part.rpartition("=")
+            if not eq or ":" not in key or queue not in ("light", "heavy"):
+                raise ValueError(f"ITX_ROUTES entry {part!r}: write STAGE:BACKEND=light|heavy")
+            out[key.strip()] = queue
+        return out
 
     @field_validator("model_dir", mode="before")
     @classmethod

@@ -12,10 +12,9 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from workers.models.profiles import PROFILES, defaults
+from workers.stages import table
 from workers.stages.edit import parse_rules
 
-GENERATORS = ("sd", "sd-img2img", "if")
-OCR_ENGINES = ("easyocr", "rapidocr", "tesseract")
 OFF = ("none", "off", "")
 
 
@@ -29,6 +28,7 @@ class PipelineSpec(BaseModel):
     captioners: list[str] | None = None
     caption_for_prompt: str | None = None  # whose caption {caption} and the base prompt use
     vqa: list[str] = Field(default_factory=list)
+    vqa_backend: str | None = None  # who answers them; None: the profile's
     edits: list[str] = Field(default_factory=list)
     generator: str | None = None
     steps: int | None = Field(None, ge=1, le=500)  # None: the profile's default
@@ -59,12 +59,16 @@ class PipelineSpec(BaseModel):
     def _check(self):
         if self.profile is not None and self.profile not in PROFILES:
             raise ValueError(f"unknown profile {self.profile!r}; choose one of {', '.join(PROFILES)}")
-        if self.ocr is not None and self.ocr.lower() not in OCR_ENGINES + OFF:
-            raise ValueError(f"unknown OCR engine {self.ocr!r}; choose one of {', '.join(OCR_ENGINES)} "
-                             f"or none")
-        if self.generator is not None and self.generator.lower() not in GENERATORS + OFF:
-            raise ValueError(f"unknown generator {self.generator!r}; choose one of "
-                             f"{', '.join(GENERATORS)} or none")
+        for stage, name in (("ocr", self.ocr), ("generate", self.generator)):
+            if name is not None and name.lower() not in OFF:
+                table.get(stage, name.lower())  # "unknown ocr backend 'x'; choose one of …"
+        if self.vqa_backend is not None:
+            table.get("vqa", self.vqa_backend)
+        for c in self.captioners or []:
+            table.get("caption", c)
+        for key in self.models:
+            stage, _, name = key.partition(":")
+            table.get(stage, name)
         if self.captioners is not None and len(set(self.captioners)) != len(self.captioners):
             raise ValueError("a captioner is listed twice")
         if self.caption_for_prompt and self.captioners is not None \
@@ -86,7 +90,7 @@ class PipelineSpec(BaseModel):
         caps = list(d["captioners"] if self.captioners is None else self.captioners)
         spec = self.model_copy(update=dict(
             profile=p, ocr=None if ocr in OFF else ocr, captioners=caps,
-            generator=None if gen in OFF else gen,
+            generator=None if gen in OFF else gen, vqa_backend=self.vqa_backend or d["vqa"],
             size=self.size or d["size"], steps=self.steps or d["steps"],
             caption_for_prompt=self.caption_for_prompt or (caps[0] if caps else None)))
         spec.rules(extra_questions=[])  # checks every rule before any work starts

@@ -11,9 +11,15 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
-from workers import chunks
 from workers.app import app
+from workers.pipeline.compose import compose as pipeline_compose
+from workers.pipeline.generate import generate as pipeline_generate
+from workers.pipeline.read import hand_on, load_chunk, load_partial, load_state
+from workers.pipeline.run import run_stage
+from workers.pipeline.write import finish
+from workers.records import Chunk, StagePartial
 from workers.settings import get_settings
+from workers.stages import table
 from workers.storage import TransientStoreError, store_retries
 
 log = logging.getLogger(__name__)
@@ -52,88 +58,80 @@ HEAVY = dict(base=StageTask, bind=True, soft_time_limit=_soft(_S.heavy_time_limi
              time_limit=_S.heavy_time_limit)
 
 
-def _timed_out(stage: str, chunk: dict, msg: str | None = None) -> dict:
-    """A light stage that overran its soft limit: its items become error records."""
-    msg = msg or f"timeout: {stage} overran its time limit"
-    return {"stage": stage, "model": "", "results": {},
-            "errors": {it["id"]: msg for it in chunk["items"]}, "ms": {}}
-
-
-def _header(task: StageTask, stage: str, fn, chunk: dict, *args) -> dict:
+def _header(task: StageTask, chunk: Chunk, stage: str, name: str) -> dict:
     """Run one header stage. Its partial says how often it ran (``attempts``) and how often
     botocore retried its store requests (``store_retries``); compose puts both in the records.
-    A store still failing after the last Celery retry gives error partials, so the chord
-    goes on and every item still gets its record."""
+    A stage that overran its soft limit, or whose store still fails after the last Celery
+    retry, gives error partials, so the chord goes on and every item still gets its record."""
+    key = f"{stage}:{name}"
     r0 = store_retries()
     try:
-        out = fn(chunk, *args)
+        out = run_stage(chunk, stage, name)
     except SoftTimeLimitExceeded:
-        out = _timed_out(stage, chunk)
+        out = StagePartial.failed(key, chunk.items, f"timeout: {key} overran its time limit")
     except TransientStoreError as e:
         if task.request.retries < task.max_retries:
             raise  # autoretry_for: again, with backoff
-        out = _timed_out(stage, chunk, f"store_unavailable: {stage}: {e}")
-    out["attempts"] = task.attempt
-    out["store_retries"] = store_retries() - r0
-    return out
+        out = StagePartial.failed(key, chunk.items, f"store_unavailable: {key}: {e}")
+    out.attempts = task.attempt
+    out.store_retries = store_retries() - r0
+    return hand_on(chunk, key, out)
 
 
-@app.task(name="itx.ocr", **LIGHT)
-def ocr(self, chunk: dict) -> dict:
-    chunk = chunks.load_chunk(chunk)  # a chunk sent by reference is read from the store
-    return _header(self, f"ocr:{chunk['spec'].get('ocr')}", chunks.ocr_chunk, chunk)
-
-
-@app.task(name="itx.caption", **LIGHT)
-def caption(self, chunk: dict, model: str) -> dict:
-    chunk = chunks.load_chunk(chunk)
-    return _header(self, f"caption:{model}", chunks.caption_chunk, chunk, model)
-
-
-@app.task(name="itx.vqa", **LIGHT)
-def vqa(self, chunk: dict) -> dict:
-    chunk = chunks.load_chunk(chunk)
-    return _header(self, "vqa:blip-vqa", chunks.vqa_chunk, chunk)
+@app.task(name="itx.stage", **LIGHT)
+def stage(self, msg: dict, stage: str, name: str) -> dict:
+    """One header stage (ocr, caption, vqa, …) of one chunk; its queue comes from the table."""
+    return _header(self, load_chunk(msg), stage, name)
 
 
 @app.task(name="itx.compose", **LIGHT)
-def compose(self, partials: list[dict], chunk: dict) -> dict:
-    return chunks.compose_chunk(partials, chunk, attempts=self.attempt)
+def compose(self, partials: list[dict], msg: dict) -> dict:
+    r0 = store_retries()
+    chunk = load_chunk(msg)
+    state = pipeline_compose([load_partial(p) for p in partials or []], chunk,
+                             attempts=self.attempt)
+    retried = store_retries() - r0
+    for r in state.records:
+        r.store_retries += retried
+    if not chunk.spec.generator:
+        return finish(state)
+    return hand_on(chunk, "compose", state)
 
 
 @app.task(name="itx.generate", **HEAVY)
-def generate(self, state: dict) -> dict:
-    state = chunks.load_state(state)  # compose's records, when it handed them on by reference
-    for r in state.get("records", []):  # the most runs of any task of the item's chunk
-        r["attempts"] = max(r.get("attempts") or 1, self.attempt)
+def generate(self, msg: dict) -> dict:
+    r0 = store_retries()
+    state = load_state(msg)  # compose's records, when it handed them on by reference
+    for r in state.records:  # the most runs of any task of the item's chunk
+        r.attempts = max(r.attempts, self.attempt)
     try:
-        return chunks.generate_chunk(state)
+        pipeline_generate(state)
     except SoftTimeLimitExceeded:
-        for r in state["records"]:
-            if not r["error"] and not r["outputs"]:
-                r["error"] = "timeout: generate overran its time limit"
-        return chunks.finish(state)
+        for r in state.records:
+            if not r.error and not r.outputs:
+                r.error = "timeout: generate overran its time limit"
+    retried = store_retries() - r0
+    for r in state.records:
+        r.store_retries += retried
+    return finish(state)
 
 
 @worker_process_init.connect
 def _preload(**_):
-    """With ITX_PRELOAD=true, load this pool's default models when a worker process starts
-    (in the child, after the fork: CUDA is never touched in the parent)."""
+    """With ITX_PRELOAD=true, load the profile's default models of the stages this worker's
+    queues run, when a worker process starts (in the child, after the fork: CUDA is never
+    touched in the parent)."""
     if not get_settings().preload:
         return
     from workers.models.cache import load_backend
-    from workers.models.profiles import defaults
+    from workers.models.profiles import default_backends
 
     queues = set(app.amqp.queues.consume_from or app.amqp.queues)
-    d = defaults(get_settings().profile)
-    todo = []
-    if "light" in queues:
-        todo += [("ocr", d["ocr"])] + [("caption", c) for c in d["captioners"]]
-    if "heavy" in queues:
-        todo += [("generate", d["generator"])]
-    for stage, name in todo:
+    for stage_name, name in default_backends(get_settings().profile):
+        if table.queue_of(stage_name, name) not in queues:
+            continue
         try:
-            load_backend(stage, name)
-            log.info("preloaded %s:%s", stage, name)
+            load_backend(stage_name, name)
+            log.info("preloaded %s:%s", stage_name, name)
         except Exception as e:  # the first task will report it in its records
-            log.error("could not preload %s:%s: %s", stage, name, e)
+            log.error("could not preload %s:%s: %s", stage_name, name, e)

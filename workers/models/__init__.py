@@ -1,6 +1,7 @@
-"""Model profiles, the backend registry, the per-process cache and the tiny-random builder."""
+"""Model profiles, the loader, the per-process cache, distribution and the tiny-random builder.
+Which backends exist and what weights they load is the stage table's
+(``workers.stages.table``)."""
 from workers.models.errors import ModelMissingError
 from workers.models.profiles import PROFILES, model_ref
-from workers.models.registry import get_backend_class, register
 
-__all__ = ["ModelMissingError", "PROFILES", "model_ref", "register", "get_backend_class"]
+__all__ = ["ModelMissingError", "PROFILES", "model_ref"]

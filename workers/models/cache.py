@@ -7,30 +7,14 @@ from __future__ import annotations
 
 import threading
 
-from workers.models.device import resolve_device, resolve_dtype
+from workers.models.device import quiet, resolve_device, resolve_dtype
 from workers.models.loader import resolve_model
 from workers.models.profiles import model_ref
-from workers.models.registry import get_backend_class
 from workers.settings import get_settings
+from workers.stages import table
 
 _CACHE: dict[tuple, object] = {}
 _LOCK = threading.RLock()
-
-
-def quiet() -> None:
-    """No per-load progress bars from the libraries in worker logs."""
-    import os
-
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for mod in ("transformers", "diffusers"):
-        try:
-            lg = __import__(f"{mod}.utils.logging", fromlist=["x"])
-            lg.disable_progress_bar()
-            # e.g. diffusers' per-batch "CLIP can only handle 77 tokens" notice: the text
-            # encoder reads the first 77 tokens of a prompt, as documented in the README
-            lg.set_verbosity_error()
-        except Exception:
-            pass
 
 
 def load_backend(stage: str, name: str, *, ref: str | None = None, profile: str | None = None,
@@ -44,10 +28,10 @@ def load_backend(stage: str, name: str, *, ref: str | None = None, profile: str 
     with _LOCK:
         backend = _CACHE.get(key)
         if backend is None:
-            cls = get_backend_class(stage, name)
+            decl = table.get(stage, name)
             quiet()
-            backend = cls()
-            backend.ref = ref
+            backend = decl.load_class()()
+            backend.ref, backend.batch_size = ref, decl.batch
             backend.load(resolve_model(ref), dev, dt)
             _CACHE[key] = backend
         return backend

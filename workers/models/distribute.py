@@ -30,18 +30,15 @@ from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
 
 from workers.models.loader import TINY_PREFIX
-from workers.models.profiles import profile as get_profile
+from workers.models.profiles import default_backends, models as profile_models
+from workers.stages import table
 from workers.storage import FileStore, NotFoundError, S3Store, Store, StoreError, open_store
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.json"
 MANIFEST_VERSION = 1
-# which stages each worker pool runs (workers/app.py routes their tasks to these queues)
-POOL_STAGES: dict[str, tuple[str, ...]] = {
-    "light": ("ocr", "caption", "vqa"),
-    "heavy": ("generate",),
-}
+POOLS = (table.LIGHT, table.HEAVY)
 # not weights: left behind by downloads and atomic builds, never pushed
 _SKIP_SUFFIXES = (".lock", ".incomplete", ".part", ".tmp")
 _MiB = 1024 * 1024
@@ -92,11 +89,11 @@ class HubPull:
 def profile_refs(profile: str, pool: str | None = None) -> list[str]:
     """The model refs a profile names (``builtin`` ones ship with a package, so none), for every
     stage or only those of one worker pool."""
-    if pool is not None and pool not in POOL_STAGES:
-        raise ValueError(f"unknown pool {pool!r}; choose one of {', '.join(POOL_STAGES)}")
-    stages = POOL_STAGES[pool] if pool else None
-    refs = {ref for key, ref in get_profile(profile)["models"].items()
-            if ref != "builtin" and (stages is None or key.split(":", 1)[0] in stages)}
+    if pool is not None and pool not in POOLS:
+        raise ValueError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
+    routes = table.routes()  # which pool runs each backend (the table's, or ITX_ROUTES)
+    refs = {ref for key, ref in profile_models(profile).items()
+            if ref != "builtin" and (pool is None or routes[key] == pool)}
     return sorted(refs)
 
 
@@ -104,12 +101,9 @@ def required_refs(profile: str, pool: str | None = None) -> list[str]:
     """The refs that the profile's default pipeline loads: its OCR backend, captioners and
     generator, and VQA (one backend). The others (e.g. DeepFloyd IF, gated on the hub) are
     optional: a pull that cannot get them warns and goes on."""
-    prof = get_profile(profile)
-    d = prof["defaults"]
-    keys = {f"ocr:{d['ocr']}", f"generate:{d['generator']}",
-            *(f"caption:{c}" for c in d["captioners"]),
-            *(k for k in prof["models"] if k.startswith("vqa:"))}
-    return sorted({ref for key, ref in prof["models"].items() if key in keys}
+    refs = profile_models(profile)
+    keys = {f"{stage}:{name}" for stage, name in default_backends(profile)}
+    return sorted({ref for key, ref in refs.items() if key in keys}
                   & set(profile_refs(profile, pool)))
 
 

@@ -75,24 +75,21 @@ def resolve_model(ref: str, model_dir: Path | None = None) -> str:
 
 def needed_models(spec) -> list[tuple[str, str, str]]:
     """(stage, backend, ref) for every model a resolved PipelineSpec will load."""
-    out = []
-    if spec.ocr:
-        out.append(("ocr", spec.ocr, spec.model_ref("ocr", spec.ocr)))
-    for c in spec.captioners or []:
-        out.append(("caption", c, spec.model_ref("caption", c)))
-    if spec.vqa:
-        out.append(("vqa", "blip-vqa", spec.model_ref("vqa", "blip-vqa")))
+    need = [("ocr", spec.ocr)] if spec.ocr else []
+    need += [("caption", c) for c in spec.captioners or []]
+    if spec.vqa and spec.vqa_backend:
+        need.append(("vqa", spec.vqa_backend))
     if spec.generator:
-        out.append(("generate", spec.generator, spec.model_ref("generate", spec.generator)))
-    return out
+        need.append(("generate", spec.generator))
+    return [(stage, name, spec.model_ref(stage, name)) for stage, name in need]
 
 
 def preflight(spec) -> list[tuple[str, str, str]]:
     """Resolve every model the spec needs before any work starts (fails fast and clearly)."""
-    from workers.models.registry import get_backend_class
+    from workers.stages import table
 
     need = needed_models(spec)
     for stage, name, ref in need:
-        get_backend_class(stage, name)
+        table.get(stage, name)
         resolve_model(ref)
     return need

@@ -1,79 +1,50 @@
-"""Model profiles: which weights each stage backend loads.
+"""Model profiles: which backends run by default, at what size and how many steps.
 
-A *ref* is a hub id (``Salesforce/blip-image-captioning-base``), a local path,
-``tiny-random/<name>`` (built locally by ``itx models tiny``) or ``builtin``
-(weights ship with the package or the system, e.g. rapidocr, tesseract).
-Keys are ``<stage>:<backend>``.
+Which *weights* each backend loads under a profile is part of its declaration in the stage
+table (``workers.stages.table``); this module only reads it. A *ref* is a hub id
+(``Salesforce/blip-image-captioning-base``), a local path, ``tiny-random/<name>`` (built
+locally by ``itx models tiny``) or ``builtin`` (weights ship with the package or the system,
+e.g. rapidocr, tesseract).
 """
 from __future__ import annotations
 
+from workers.stages import table
+
 PROFILES: dict[str, dict] = {
-    "base": {
-        "defaults": {"ocr": "easyocr", "captioners": ["blip", "git", "vit-gpt2"], "generator": "sd",
-                     "size": "512x512", "steps": 25},
-        "models": {
-            "ocr:easyocr": "easyocr/en",
-            "ocr:rapidocr": "builtin",
-            "ocr:tesseract": "builtin",
-            "caption:blip": "Salesforce/blip-image-captioning-base",
-            "caption:git": "microsoft/git-base-coco",
-            "caption:vit-gpt2": "nlpconnect/vit-gpt2-image-captioning",
-            "vqa:blip-vqa": "Salesforce/blip-vqa-base",
-            "generate:sd": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-            "generate:sd-img2img": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-            "generate:if": "DeepFloyd/IF-I-M-v1.0",
-        },
-    },
-    "large": {
-        "defaults": {"ocr": "easyocr", "captioners": ["blip", "git", "vit-gpt2"], "generator": "sd",
-                     "size": "1024x1024", "steps": 30},
-        "models": {
-            "ocr:easyocr": "easyocr/en",
-            "ocr:rapidocr": "builtin",
-            "ocr:tesseract": "builtin",
-            "caption:blip": "Salesforce/blip-image-captioning-large",
-            "caption:git": "microsoft/git-large-coco",
-            "caption:vit-gpt2": "nlpconnect/vit-gpt2-image-captioning",
-            "vqa:blip-vqa": "Salesforce/blip-vqa-capfilt-large",
-            "generate:sd": "stabilityai/stable-diffusion-xl-base-1.0",
-            "generate:sd-img2img": "stabilityai/stable-diffusion-xl-base-1.0",
-            "generate:if": "DeepFloyd/IF-I-XL-v1.0",
-        },
-    },
-    "tiny-random": {
-        # small outputs and few steps: a smoke run of the whole cycle takes seconds
-        "defaults": {"ocr": "rapidocr", "captioners": ["blip", "git", "vit-gpt2"], "generator": "sd",
-                     "size": "64x64", "steps": 4},
-        "models": {
-            "ocr:easyocr": "tiny-random/easyocr",
-            "ocr:rapidocr": "builtin",
-            "ocr:tesseract": "builtin",
-            "caption:blip": "tiny-random/blip",
-            "caption:git": "tiny-random/git",
-            "caption:vit-gpt2": "tiny-random/vit-gpt2",
-            "vqa:blip-vqa": "tiny-random/blip-vqa",
-            "generate:sd": "tiny-random/sd",
-            "generate:sd-img2img": "tiny-random/sd",
-            "generate:if": "tiny-random/if",
-        },
-    },
+    "base": {"ocr": "easyocr", "captioners": ["blip", "git", "vit-gpt2"], "vqa": "blip-vqa",
+             "generator": "sd", "size": "512x512", "steps": 25},
+    "large": {"ocr": "easyocr", "captioners": ["blip", "git", "vit-gpt2"], "vqa": "blip-vqa",
+              "generator": "sd", "size": "1024x1024", "steps": 30},
+    # small outputs and few steps: a smoke run of the whole cycle takes seconds
+    "tiny-random": {"ocr": "rapidocr", "captioners": ["blip", "git", "vit-gpt2"],
+                    "vqa": "blip-vqa", "generator": "sd", "size": "64x64", "steps": 4},
 }
 
 
-def profile(name: str) -> dict:
+def defaults(profile_name: str) -> dict:
     try:
-        return PROFILES[name]
+        return PROFILES[profile_name]
     except KeyError:
         raise ValueError(
-            f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}"
+            f"unknown profile {profile_name!r}; choose one of {', '.join(PROFILES)}"
         ) from None
 
 
 def model_ref(stage: str, backend: str, profile_name: str) -> str:
-    """The weights a backend loads under a profile; an unknown backend name is itself a ref
-    (a hub id or a local path, e.g. any Hugging Face image-to-text model)."""
-    return profile(profile_name)["models"].get(f"{stage}:{backend}", backend)
+    """The weights a backend loads under a profile; an unknown name of a stage with a
+    fallback backend is itself a ref (a hub id or a local path)."""
+    defaults(profile_name)
+    return table.get(stage, backend).ref(profile_name)
 
 
-def defaults(profile_name: str) -> dict:
-    return profile(profile_name)["defaults"]
+def models(profile_name: str) -> dict[str, str]:
+    """``stage:backend -> ref`` for every backend in the table, under one profile."""
+    defaults(profile_name)
+    return {d.key: d.ref(profile_name) for d in table.decls()}
+
+
+def default_backends(profile_name: str) -> list[tuple[str, str]]:
+    """(stage, backend) of what the profile runs when nothing else is asked."""
+    d = defaults(profile_name)
+    out = [("ocr", d["ocr"])] + [("caption", c) for c in d["captioners"]]
+    return out + [("vqa", d["vqa"]), ("generate", d["generator"])]

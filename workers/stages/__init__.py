@@ -1,5 +1,6 @@
-"""Stages: plain batch functions and backend classes, no Celery in them.
+"""Stage backends, no Celery in them: ocr -> caption -> vqa -> edit -> generate.
 
-ocr -> caption -> vqa -> edit -> generate. Backends register themselves with
-``workers.models.registry.register``; import a stage module to use its backends.
+``table`` declares every backend (stage, name, queue, inputs, batch sizes, tiny builder,
+refs per profile); ``base.Backend`` is the shape each one has. Backend modules are imported
+only when a backend is first loaded.
 """

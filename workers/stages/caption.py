@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
-from workers.models.registry import register
 from workers.stages.base import Backend
 
 log = logging.getLogger(__name__)
@@ -84,12 +83,10 @@ def to_device(inputs, device: str, dtype) -> dict[str, Any]:
     return out
 
 
-@register("caption", "blip", "git", "vit-gpt2", fallback=True)
 class ImageToText(Backend):
     """Captions a mini-batch of images with one ``generate`` call."""
 
     name = "image-to-text"
-    batch_size: ClassVar[dict[str, int]] = {"cpu": 16, "cuda": 64}
     # generation knobs (greedy by default: deterministic, and what the COCO numbers use)
     max_new_tokens: ClassVar[int] = 30
     num_beams: ClassVar[int] = 1

@@ -51,7 +51,6 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from workers.models.registry import register
 from workers.stages.base import Backend
 
 log = logging.getLogger(__name__)
@@ -250,11 +249,9 @@ class _Autocast:
         return out.float()
 
 
-@register("ocr", "easyocr")
 class EasyOCR(Backend):
     """EasyOCR's CRAFT + CRNN pipeline (what ``Reader.readtext`` does), batched."""
 
-    batch_size: ClassVar[dict[str, int]] = {"cpu": 4, "cuda": 16}
     # crops per recogniser forward pass
     rec_batch: ClassVar[dict[str, int]] = {"cpu": 16, "cuda": 64}
     # Reader.readtext's defaults
@@ -383,11 +380,9 @@ def _lang_chars(lang_list: list[str], rec_cfg: dict) -> str:
 # rapidocr
 
 
-@register("ocr", "rapidocr")
 class RapidOCR(Backend):
     """RapidOCR 3 with the PP-OCR ONNX models its wheel ships; images one by one."""
 
-    batch_size: ClassVar[dict[str, int]] = {"cpu": 8, "cuda": 32}
     params: ClassVar[dict] = {
         "Det.limit_type": "max",        # cap the long side (the default upscales small images)
         "Det.limit_side_len": 960,
@@ -444,11 +439,9 @@ class RapidOCR(Backend):
 # tesseract
 
 
-@register("ocr", "tesseract")
 class Tesseract(Backend):
     """Tesseract via pytesseract: words grouped into Tesseract's own lines."""
 
-    batch_size: ClassVar[dict[str, int]] = {"cpu": 8, "cuda": 8}
     lang: ClassVar[str] = "eng"
     config: ClassVar[str] = "--psm 3"
     threads: ClassVar[int] = 4

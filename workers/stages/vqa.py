@@ -6,16 +6,13 @@ from typing import ClassVar
 import torch
 from PIL import Image
 
-from workers.models.registry import register
 from workers.stages.base import Backend
 from workers.stages.caption import image_kwargs, load_model, load_processing, rgb, to_device
 
 
-@register("vqa", "blip-vqa")
 class BlipVQA(Backend):
     """Answers each image's own questions; returns one ``{question: answer}`` per image."""
 
-    batch_size: ClassVar[dict[str, int]] = {"cpu": 8, "cuda": 32}  # images per mini-batch
     max_new_tokens: ClassVar[int] = 10  # answers are a few words
     num_beams: ClassVar[int] = 1
 

@@ -11,36 +11,29 @@ import importlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
-_BUILDERS: dict[str, Callable[[Path], None]] = {}
-_MODULES = ("captioning", "diffusion", "ocr")
 DONE = ".itx-complete"
+PREFIX = "tiny-random/"
 
 
-def tiny(name: str):
-    """Register a builder: ``fn(out_dir)`` writes a checkpoint into ``out_dir``."""
-    def deco(fn):
-        _BUILDERS[name] = fn
-        return fn
-    return deco
+def builders() -> dict[str, str]:
+    """``name -> "module:function"`` for every tiny checkpoint the stage table declares
+    (the name is the ``tiny-random/<name>`` ref of the backends that load it)."""
+    from workers.stages import table
 
-
-def _load() -> None:
-    for m in _MODULES:
-        importlib.import_module(f"workers.models.tiny.{m}")
+    return {d.refs["tiny-random"][len(PREFIX):]: d.tiny for d in table.decls() if d.tiny}
 
 
 def names() -> list[str]:
-    _load()
-    return sorted(_BUILDERS)
+    return sorted(builders())
 
 
 def build(name: str, model_dir: Path, force: bool = False) -> Path:
-    _load()
-    if name not in _BUILDERS:
-        raise ValueError(f"no tiny-random model {name!r}; known: {', '.join(sorted(_BUILDERS))}")
+    known = builders()
+    if name not in known:
+        raise ValueError(f"no tiny-random model {name!r}; known: {', '.join(sorted(known))}")
+    mod, _, fn = known[name].partition(":")
     root = Path(model_dir) / "tiny-random"
     out = root / name
     if (out / DONE).exists() and not force:
@@ -50,11 +43,11 @@ def build(name: str, model_dir: Path, force: bool = False) -> Path:
     try:
         import torch
 
-        from workers.models.cache import quiet
+        from workers.models.device import quiet
 
         quiet()
         torch.manual_seed(0)
-        _BUILDERS[name](tmp)
+        getattr(importlib.import_module(mod), fn)(tmp)
         (tmp / DONE).write_text("tiny-random, seed 0\n")
         if force and out.exists():
             shutil.rmtree(out)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workers.models.tiny import tiny
 
 # --- shapes shared by every tiny captioner -------------------------------------------
 HIDDEN = 32
@@ -151,7 +150,6 @@ def _save(out: Path, model, gen: dict, *processing) -> None:
         p.save_pretrained(out)
 
 
-@tiny("blip")
 def build_blip(out: Path) -> None:
     from transformers import BlipForConditionalGeneration
 
@@ -160,7 +158,6 @@ def build_blip(out: Path) -> None:
     _save(out, model, ids, processor)
 
 
-@tiny("blip-vqa")
 def build_blip_vqa(out: Path) -> None:
     from transformers import BlipForQuestionAnswering
 
@@ -171,7 +168,6 @@ def build_blip_vqa(out: Path) -> None:
 
 # --- GIT -------------------------------------------------------------------------------
 
-@tiny("git")
 def build_git(out: Path) -> None:
     """As in microsoft/git-base-coco: BERT tokenizer, bos=[CLS], eos=[SEP], CLIP image processor."""
     from transformers import CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor
@@ -192,7 +188,6 @@ def build_git(out: Path) -> None:
 
 # --- ViT encoder + GPT-2 decoder --------------------------------------------------------
 
-@tiny("vit-gpt2")
 def build_vit_gpt2(out: Path) -> None:
     """As in nlpconnect/vit-gpt2-image-captioning: <|endoftext|> is bos, eos, pad and
     decoder start; a ViT image processor and a GPT-2 tokenizer, no processor class."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workers.models.tiny import tiny
 
 # a few common words get their own BPE merges / unigram pieces, so prompts tokenize
 # into words rather than letters; everything else falls back to single characters
@@ -67,7 +66,6 @@ def _t5_tokenizer():
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=_MAX_TOKENS)
 
 
-@tiny("sd")
 def build_sd(out: Path) -> None:
     """Stable Diffusion 1.x layout: CLIP text encoder, 8x VAE, cross-attention UNet, PNDM."""
     from diffusers import (
@@ -110,7 +108,6 @@ def build_sd(out: Path) -> None:
     pipe.save_pretrained(out)
 
 
-@tiny("if")
 def build_if(out: Path) -> None:
     """DeepFloyd IF stage I layout: T5 encoder, pixel-space UNet with text projection, DDPM."""
     from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel

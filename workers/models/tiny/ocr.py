@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from workers.models.tiny import tiny
 
 CRAFT_WIDTH = 1 / 8
 REC_PARAMS = {"input_channel": 1, "output_channel": 32, "hidden_size": 32}
@@ -34,7 +33,6 @@ SCORE_GAIN = 25.0
 SCORE_BIAS = (0.2, -0.5)
 
 
-@tiny("easyocr")
 def build_easyocr(out: Path) -> None:
     import torch
     from easyocr.model.vgg_model import Model

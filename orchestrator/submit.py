@@ -1,0 +1,376 @@
+"""Submission: inputs are staged into the store as they are read, and each chunk is written
+to its ledger and enqueued as soon as it forms.
+
+Layout in the store::
+
+    inputs/<sha256>.<ext>                 content-addressed input images
+    runs/<batch>/batch.json               spec, inputs, chunk size, created
+    runs/<batch>/chunks/<n>.json          chunk n: spec and items (the ledger)
+    runs/<batch>/parts/<n>/<stage>.json   stage outputs handed on between tasks
+    runs/<batch>/results/<id>.json        one result record per item: "done" is a file
+    runs/<batch>/images/<id>-<k>.png      generated images
+
+Item ids are deterministic (content + spec), so a resubmission skips what is done.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlparse
+
+from orchestrator.batch import Batch, BatchError
+from orchestrator.http import InputError, fetch_http
+from orchestrator.inputs import InputItem, iter_inputs
+from workers.records import Chunk, Item
+from workers.settings import get_settings
+from workers.spec import PipelineSpec
+from workers.storage import OutsideStoreError, S3Store, StoreError, open_store
+
+
+def _sha(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def item_id(content: str, spec_fp: str, item: InputItem) -> str:
+    """Deterministic: the same content and stage spec always give the same id."""
+    return _sha(content, spec_fp, item.questions, item.edit)
+
+
+# --- staging: inputs -> items in the store -------------------------------------------------
+def stage_item(item: InputItem, store, spec_fp: str) -> Item:
+    """Put one input into the store (skipping objects already there); return the chunk item."""
+    s = get_settings()
+    extra = {k: v for k, v in (("questions", item.questions), ("edit", item.edit),
+                                ("coco_id", item.coco_id), ("file_name", item.file_name)) if v}
+    try:
+        if item.error:
+            raise InputError(*item.error.split(": ", 1)) if ": " in item.error else InputError("bad_input",
+                                                                                   item.error)
+        if item.path is not None:
+            p = item.path
+            if not p.exists():
+                raise InputError("not_found", f"no such file {str(p)!r}")
+            if not p.is_file():
+                raise InputError("not_a_file", f"{str(p)!r} is not a regular file")
+            size = p.stat().st_size
+            if size > s.max_image_bytes:
+                raise InputError("file_too_large", f"{size} bytes is over the limit of {s.max_image_bytes}")
+            try:
+                data = p.read_bytes()
+            except OSError as e:
+                raise InputError("unreadable", f"cannot read {str(p)!r}: {e.strerror}") from None
+            uri, _ = store.put_content(data, p.suffix or ".bin")
+            content = uri.rsplit("/", 1)[-1]
+        else:
+            scheme = urlparse(item.uri).scheme
+            if scheme == "s3":
+                try:
+                    store.key_of(item.uri)
+                    uri = item.uri  # already in the store: use it where it is
+                    content = uri
+                except OutsideStoreError:
+                    u = urlparse(item.uri)
+                    data = S3Store(f"s3://{u.netloc}").get(u.path.lstrip("/"))
+                    uri, _ = store.put_content(data, Path(u.path).suffix or ".bin")
+                    content = uri.rsplit("/", 1)[-1]
+            elif scheme in ("http", "https"):
+                data = fetch_http(item.uri)
+                uri, _ = store.put_content(data, Path(urlparse(item.uri).path).suffix or ".bin")
+                content = uri.rsplit("/", 1)[-1]
+            else:
+                raise InputError("unknown_scheme", f"cannot read {item.uri!r}")
+    except InputError as e:
+        return Item(id=_sha("error", item.source, spec_fp), source=item.source, error=str(e),
+                    **extra)
+    except StoreError as e:
+        return Item(id=_sha("error", item.source, spec_fp), source=item.source,
+                    error=f"store_error: {e}", **extra)
+    except OSError as e:
+        return Item(id=_sha("error", item.source, spec_fp), source=item.source,
+                    error=f"unreadable: {e}", **extra)
+    return Item(id=item_id(content, spec_fp, item), source=item.source, image=uri, **extra)
+
+
+_HANDOFF = 64  # items the stager takes from the input thread at a time, at most
+
+
+def _no_io(item: InputItem, store) -> bool:
+    """Staging ``item`` reads and writes nothing: an error, or an s3:// object in the store."""
+    if item.error:
+        return True
+    if item.path is not None or not (item.uri or "").startswith("s3://"):
+        return False
+    try:
+        store.key_of(item.uri)
+        return True
+    except StoreError:
+        return False
+
+
+class _Done:
+    """An item staged in the calling thread, in the shape of a finished future."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def done(self) -> bool:
+        return True
+
+    def result(self):
+        return self.value
+
+
+class _Raised:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_END = object()
+
+
+def stage_items(items: Iterable[InputItem], store, spec_fp: str, threads: int = 16,
+                window: int = 256, tick: float = 0.5) -> Iterator[Item | None]:
+    """Upload in parallel and yield chunk items in input order as soon as each is ready.
+
+    At most ``window`` items are in flight, so memory stays flat. Inputs are read in a thread,
+    so a slow source (a pipe, a listing) never holds back items already staged: while waiting
+    it yields ``None`` every ``tick`` seconds, letting the caller flush a partial chunk.
+    """
+    q: queue.Queue = queue.Queue(maxsize=window)
+
+    def produce():
+        try:
+            for it in items:
+                q.put(it)
+        except BaseException as e:  # surfaced in the caller's thread
+            q.put(_Raised(e))
+        finally:
+            q.put(_END)
+
+    threading.Thread(target=produce, name="itx-inputs", daemon=True).start()
+    inflight: deque = deque()
+    ended = False
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="itx-stage") as pool:
+        while not ended or inflight:
+            while inflight and inflight[0].done():
+                yield inflight.popleft().result()
+            if ended or len(inflight) >= window:
+                if inflight:
+                    yield inflight.popleft().result()
+                continue
+            try:
+                got = [q.get(timeout=0.02 if inflight else tick)]
+            except queue.Empty:
+                if not inflight:
+                    yield None  # idle: the source is slow
+                continue
+            while len(got) < _HANDOFF:  # whatever else is ready, without waiting
+                try:
+                    got.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            for it in got:
+                if it is _END:
+                    ended = True
+                elif isinstance(it, _Raised):
+                    raise it.exc
+                elif _no_io(it, store):  # already in the store: staged here, no upload
+                    inflight.append(_Done(stage_item(it, store, spec_fp)))
+                else:
+                    inflight.append(pool.submit(stage_item, it, store, spec_fp))
+
+
+def new_batch_name() -> str:
+    return datetime.now(timezone.utc).strftime("b%Y%m%d-%H%M%S")
+
+
+def _drop_subscriptions(backend) -> None:
+    """Celery's Redis result backend subscribes (pub/sub) to every chord header result it
+    sends and keeps each result object until its task is ready. We poll states instead, so
+    drop them as we go: a million-item batch must not hold 100,000 subscriptions."""
+    pending = getattr(backend, "_pending_results", None)
+    if not pending:
+        return
+    for mapping in pending:
+        for task_id in list(mapping):
+            for r in list((mapping.get(task_id) or {}).values()):
+                try:
+                    backend.remove_pending_result(r)
+                except Exception:
+                    pass
+
+
+def check_services(app) -> None:
+    """Fail fast, in one line and without credentials, when the broker or the result backend
+    cannot be reached (down, wrong password, a TLS certificate that does not verify)."""
+    if app.conf.task_always_eager:
+        return
+    with app.connection_for_write() as conn:
+        try:
+            conn.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.5,
+                                   timeout=10)
+        except Exception as e:
+            raise BatchError(f"cannot reach the broker {conn.as_uri()}: {e}") from None
+    client = getattr(app.backend, "client", None)  # redis result backends
+    if client is not None:
+        try:
+            client.ping()
+        except Exception as e:
+            raise BatchError(f"cannot reach the result backend: {e}") from None
+
+
+class _Sender:
+    """Writes chunk ledgers and enqueues chunk canvases while the next chunks are staged.
+
+    Ledger writes run a few at a time (each is a store round trip); one thread then enqueues
+    each chunk's canvas, in chunk order, once its ledger is written (a worker reads the
+    ledger). Celery is used from that one thread only. At most ``depth`` chunks wait, so
+    memory stays flat and a slow broker slows submission down instead of filling memory.
+    """
+
+    def __init__(self, batch: Batch, canvas, threads: int = 4, depth: int = 16):
+        self.batch, self.canvas = batch, canvas
+        self.puts = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="itx-ledger")
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="itx-enqueue", daemon=True)
+        self.thread.start()
+
+    def send(self, chunk: Chunk) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put((self.puts.submit(self.batch.store.put_json, chunk.ref, chunk.ledger()), chunk))
+
+    def _run(self) -> None:
+        app = self.batch.app
+        while (job := self.q.get()) is not None:
+            if self.error is not None:
+                continue  # drain after a failure; close() raises it
+            written, chunk = job
+            try:
+                written.result()
+                res = self.canvas(chunk).apply_async()
+                _drop_subscriptions(app.backend)
+                self.batch.track(res, len(chunk.items))
+            except BaseException as e:
+                self.error = e
+
+    def close(self, raise_error: bool = True) -> None:
+        """Wait until every chunk handed over is enqueued; raise the first error, if any."""
+        self.q.put(None)
+        self.thread.join()
+        self.puts.shutdown()
+        if raise_error and self.error is not None:
+            raise self.error
+
+
+def submit(inputs: Iterable[str], spec: PipelineSpec, *, name: str | None = None,
+           chunk: int | None = None, resume: bool = False, coco: str | None = None,
+           images: str | None = None, limit: int | None = None, ids: list[int] | None = None,
+           store=None, app=None, on_chunk: Callable[[Chunk], None] | None = None,
+           order: list | None = None, flush_after: float = 2.0) -> Batch:
+    """Stream inputs into the store and enqueue one canvas per chunk, as chunks form.
+
+    Items that already have a result record in this batch are not submitted again.
+    ``resume`` continues an existing batch (with no inputs: the inputs it was created with).
+    """
+    from orchestrator.workflow import chunk_canvas
+
+    s = get_settings()
+    if app is None:
+        from workers.app import app
+    check_services(app)
+    store = store or open_store()
+    name = name or new_batch_name()
+    batch = Batch(name, store, app)
+    inputs = list(inputs)
+    if spec.n > s.max_outputs_per_item:
+        raise BatchError(f"--n {spec.n}: at most {s.max_outputs_per_item} generated images per "
+                         f"item (ITX_MAX_OUTPUTS_PER_ITEM)")
+    if batch.exists():
+        meta = batch.meta()
+        if not resume:
+            raise BatchError(f"batch {name!r} exists in {store.uri}; add --resume to submit "
+                             f"only its items without a result record")
+        spec = PipelineSpec.model_validate(meta["spec"])
+        if not inputs and not coco:
+            inputs = meta["inputs"]
+            coco, images = meta.get("coco"), meta.get("images")
+            limit, ids = meta.get("limit"), meta.get("ids")
+        chunk = chunk or meta.get("chunk")
+        done = batch.result_ids()
+        nchunk = sum(1 for _ in store.list(f"{batch.prefix}/chunks/"))
+    else:
+        if resume and not inputs and not coco:
+            raise BatchError(f"nothing to resume: no batch {name!r} in {store.uri}")
+        spec = spec.resolved(s.profile)
+        done, nchunk = batch.result_ids(), 0
+        store.put_json(f"{batch.prefix}/batch.json", {
+            "name": name, "spec": spec.model_dump(mode="json"), "inputs": inputs, "coco": coco,
+            "images": images, "limit": limit, "ids": ids, "chunk": chunk or s.chunk_size,
+            "store": store.uri, "created": time.time()})
+    chunk = chunk or s.chunk_size
+    fp = spec.fingerprint()
+    items = iter_inputs(inputs, coco=coco, images=images, limit=limit, ids=ids)
+    buf: list[Item] = []
+    seen: set[str] = set()
+    # new for every submission: workers cache the chunks they read under (ledger key, nonce)
+    nonce = uuid.uuid4().hex[:12]
+
+    def flush():
+        nonlocal nchunk, buf
+        if not buf:
+            return
+        # the ledger holds the whole chunk: tasks get a pointer to it, not the items
+        c = Chunk(batch=name, chunk=nchunk, spec=spec, items=buf,
+                  ref=f"{batch.prefix}/chunks/{nchunk:06d}.json", nonce=nonce)
+        if sender is not None:  # with a broker: written and enqueued while staging goes on
+            sender.send(c)
+        else:  # eager (`itx run`): the chunk runs right here, now
+            store.put_json(c.ref, c.ledger())
+            batch.track(chunk_canvas(c).apply_async(), len(buf))
+        if on_chunk:
+            on_chunk(c)
+        nchunk += 1
+        buf = []
+
+    sender = None if app.conf.task_always_eager else _Sender(batch, chunk_canvas)
+    try:
+        last_flush = time.monotonic()
+        for it in stage_items(items, store, fp):
+            if it is None:  # the input is slow: do not hold a partial chunk back for long
+                if buf and time.monotonic() - last_flush > flush_after:
+                    flush()
+                    last_flush = time.monotonic()
+                continue
+            if it.id in seen:  # the same image twice in one batch: one record
+                continue
+            seen.add(it.id)
+            if order is not None:
+                order.append(it.id)
+            if it.id in done:
+                batch.skip_done()
+                continue
+            buf.append(it)
+            if len(buf) >= chunk:
+                flush()
+                last_flush = time.monotonic()
+        flush()
+    except BaseException:
+        if sender is not None:
+            sender.close(raise_error=False)
+        raise
+    if sender is not None:
+        sender.close()
+    return batch

@@ -1,0 +1,63 @@
+"""Generate: the chunk's prompts (and, for image-to-image, its source images) to new images."""
+from __future__ import annotations
+
+from workers.images import ItemError
+from workers.pipeline.read import read_images
+from workers.pipeline.run import error_text, load, run_isolated
+from workers.pipeline.write import put_outputs
+from workers.records import ComposeState, Item, ResultRecord
+from workers.settings import get_settings
+from workers.stages import table
+
+
+def generate(state: ComposeState) -> None:
+    """Fill ``outputs`` (stored images) of every record without an error, in place."""
+    spec = state.spec
+    todo = [r for r in state.records if not r.error]
+    if not todo or not spec.generator:
+        return
+    decl = table.get("generate", spec.generator)
+    for r in todo:
+        r.models[decl.key] = spec.model_ref("generate", spec.generator)
+    sources = None
+    if table.IMAGE in decl.consumes:
+        imgs = read_images([Item(id=r.id, image=r.image) for r in todo])
+        for r in todo:
+            if isinstance(imgs[r.id], ItemError):
+                r.error = str(imgs[r.id])
+        todo = [r for r in todo if not r.error]
+        sources = [imgs[r.id] for r in todo]
+    if todo:
+        _run(state, decl, todo, sources)
+
+
+def _fail(records: list[ResultRecord], msg: str) -> None:
+    for r in records:
+        r.error = msg
+
+
+def _run(state: ComposeState, decl: table.Decl, todo: list[ResultRecord], sources) -> None:
+    from workers.stages.generate import item_seeds
+
+    spec = state.spec
+    try:
+        backend = load(spec, "generate", decl.name)
+    except Exception as e:
+        return _fail(todo, f"model_unavailable: {decl.key}: {error_text(e)}")
+    n, limit = spec.n, get_settings().max_outputs_per_item
+    if n > limit:  # `itx submit` refuses this; a chunk that comes another way gets errors
+        return _fail(todo, f"too_many_outputs: {n} images asked, the limit is {limit} per item")
+    w, h = spec.width_height
+    kwargs = dict(width=w, height=h, steps=spec.steps, n=n, strength=spec.strength,
+                  guidance_scale=spec.guidance)
+    prompts = [r.prompt for r in todo]
+    seeds = item_seeds(spec.seed, [r.id for r in todo])  # stable per item, any chunking
+    outs, per = run_isolated(backend, decl.key, [prompts, sources, seeds], kwargs)
+    made = []
+    for r, images in zip(todo, outs):
+        if isinstance(images, ItemError):
+            r.error = str(images)
+        else:
+            r.timings_ms[decl.key] = round(per, 1)
+            made.append((r, images))
+    put_outputs(state.batch, made)

@@ -1,0 +1,162 @@
+"""Reading: a chunk's ledger, its stage partials and its images, from the store.
+
+Tasks get a :class:`~workers.records.Pointer` (``{"ref", "nonce"}``) and read the chunk from
+its ledger; stage partials and compose's records are handed on the same way
+(``runs/<batch>/parts/<chunk>/<name>.json``), so a few hundred bytes cross the broker per
+chunk however many items it holds. Objects read or written here are kept per process under
+their key and the chunk's nonce (new for every submission): the stages of one chunk that run
+in one process read it once, and compose finds their partials in memory. Decoded images are
+kept too (bounded in bytes), so stages of the same chunk decode each image once.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from workers.images import ItemError, decode_image
+from workers.records import Chunk, ComposeState, Item, Pointer, StagePartial
+from workers.settings import get_settings
+from workers.storage import (NotFoundError, OutsideStoreError, StoreError, TooLargeError,
+                             TransientStoreError, open_store)
+
+
+class Lru:
+    """A thread-safe least-recently-used map bounded by the total ``size`` of its values
+    (``sizeof`` of each; by default each counts 1)."""
+
+    def __init__(self, size: int, sizeof: Callable[[object], int] = lambda v: 1):
+        self.size, self.sizeof = size, sizeof
+        self.used = 0
+        self._d: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, default=None):
+        with self._lock:
+            if key not in self._d:
+                return default
+            self._d.move_to_end(key)
+            return self._d[key][0]
+
+    def put(self, key, value) -> None:
+        n = self.sizeof(value)
+        with self._lock:
+            if key in self._d:
+                self.used -= self._d.pop(key)[1]
+            if n > self.size:
+                return  # larger than the whole cache: not kept
+            self._d[key] = (value, n)
+            self.used += n
+            while self.used > self.size:
+                self.used -= self._d.popitem(last=False)[1][1]
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+def image_bytes(img) -> int:
+    """Memory a decoded image (or an ItemError) holds."""
+    if isinstance(img, ItemError):
+        return 256
+    w, h = img.size
+    return w * h * max(1, len(img.getbands())) + 256
+
+
+_MISS = object()
+IMAGES = Lru(get_settings().image_cache_bytes, image_bytes)  # image URI -> image | ItemError
+OBJECTS = Lru(64)  # (store, key, nonce) -> a chunk, partial or state read or written here
+POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="itx-io")
+
+
+# --- images ------------------------------------------------------------------------------
+def read_image(uri: str):
+    """The decoded image at ``uri``, or an ItemError saying why not (transient store errors
+    raise: the task retries with backoff)."""
+    img = IMAGES.get(uri, _MISS)
+    if img is not _MISS:
+        return img
+    s = get_settings()
+    try:
+        data = open_store().get(uri, max_bytes=s.max_image_bytes)  # never reads a huge object
+        img = decode_image(data, max_pixels=s.max_pixels, max_bytes=s.max_image_bytes)
+    except OutsideStoreError as e:
+        img = ItemError("outside_store", str(e))
+    except TooLargeError as e:
+        img = ItemError("file_too_large", str(e))
+    except NotFoundError as e:
+        img = ItemError("not_found", str(e))
+    except TransientStoreError:
+        raise
+    except StoreError as e:
+        img = ItemError("store_error", str(e))
+    except ItemError as e:
+        img = e
+    IMAGES.put(uri, img)
+    return img
+
+
+def read_images(items: list[Item]) -> dict[str, object]:
+    """``id -> PIL image | ItemError`` for items without an earlier error; reads in parallel."""
+    todo = [it for it in items if not it.error]
+    uris = [it.image or "" for it in todo]
+    got = POOL.map(lambda u: read_image(u) if u else ItemError("no_image", "item has no image URI"),
+                   uris)
+    return {it.id: img for it, img in zip(todo, got)}
+
+
+# --- chunks and what their stages hand on --------------------------------------------------
+def fetch(ref: str, nonce) -> object:
+    key = (open_store().uri, ref, nonce)
+    obj = OBJECTS.get(key, _MISS)
+    if obj is _MISS:
+        obj = open_store().get_json(ref)
+        OBJECTS.put(key, obj)
+    return obj
+
+
+def load_chunk(msg: dict | Chunk) -> Chunk:
+    """The chunk a task's message names: the chunk itself, or the ledger it points to."""
+    if isinstance(msg, Chunk):
+        return msg
+    if "items" in msg or not msg.get("ref"):
+        return Chunk.model_validate(msg)
+    p = Pointer.model_validate(msg)
+    ledger = dict(fetch(p.ref, p.nonce))
+    ledger.pop("ids", None)
+    return Chunk.model_validate({**ledger, "ref": p.ref, "nonce": p.nonce})
+
+
+def load_partial(msg: dict) -> StagePartial:
+    """A header task's output: the partial itself, or the stored partial it points to; the
+    pointer's ``attempts``/``store_retries`` count (they were added after it was written)."""
+    if "results" in msg or not msg.get("ref"):
+        return StagePartial.model_validate(msg)
+    p = Pointer.model_validate(msg)
+    part = StagePartial.model_validate(fetch(p.ref, p.nonce))
+    return part.model_copy(update={k: getattr(p, k) for k in ("attempts", "store_retries")
+                                   if getattr(p, k) is not None})
+
+
+def load_state(msg: dict | ComposeState) -> ComposeState:
+    """compose's records for generate: the state itself, or the stored state it points to
+    (a fresh copy: generate edits its records)."""
+    if isinstance(msg, ComposeState):
+        return msg
+    if "records" in msg or not msg.get("ref"):
+        return ComposeState.model_validate(msg)
+    p = Pointer.model_validate(msg)
+    return ComposeState.model_validate(fetch(p.ref, p.nonce))
+
+
+def hand_on(chunk: Chunk, name: str, obj: StagePartial | ComposeState) -> dict:
+    """What a task returns: ``obj`` itself, or (for a chunk sent by reference) a pointer to
+    ``obj`` written to the store under a deterministic key (a re-run overwrites it)."""
+    data = obj.dump()
+    if not chunk.ref:
+        return data
+    key = f"runs/{chunk.batch}/parts/{chunk.chunk:06d}/{name.replace(':', '-')}.json"
+    open_store().put_json(key, data)
+    OBJECTS.put((open_store().uri, key, chunk.nonce), data)
+    return Pointer(ref=key, nonce=chunk.nonce, stage=getattr(obj, "stage", None)).model_dump(
+        exclude_none=True)

@@ -1,0 +1,119 @@
+"""What every diffusers-based generator shares; a family's module only says how to load
+its pipeline and what to pass it.
+
+``__call__`` reads as the steps of every generator: 1. check inputs, 2. one pipeline row per
+output image (each with its own seeded generator), 3. denoise, 4. regroup per prompt. Nothing
+here assumes a UNet: the denoiser is the pipeline's ``unet`` or its ``transformer``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+from workers.stages.base import Backend
+from workers.stages.generate import check_size, image_seed
+
+log = logging.getLogger(__name__)
+
+
+class Diffusion(Backend):
+    """A diffusers pipeline as a generate backend::
+
+        backend(prompts, images, seeds, width=512, height=512, steps=30, n=1)
+            -> list[list[PIL.Image]]     # n images per prompt
+    """
+
+    pipeline_class: ClassVar[str] = "AutoPipelineForText2Image"  # a diffusers class name
+    # keep the checkpoint's safety checker (and IF's watermarker) when it ships one
+    safety_checker: ClassVar[bool] = True
+    # torch.compile the denoiser on CUDA (slow first call, faster after; off by default)
+    compile: ClassVar[bool] = False
+
+    pipe: Any = None
+
+    # --- loading --------------------------------------------------------------------------
+    def load(self, ref: str, device: str, dtype) -> None:
+        import diffusers
+
+        self.device, self.dtype = device, dtype
+        cls = getattr(diffusers, self.pipeline_class)
+        self.setup(cls.from_pretrained(ref, dtype=dtype, **self.load_kwargs(ref)), device)
+
+    def load_kwargs(self, ref: str) -> dict:
+        """Without the safety checker, when the class says so and the checkpoint has one."""
+        if self.safety_checker:
+            return {}
+        index = Path(ref) / "model_index.json"
+        names = json.loads(index.read_text()) if index.exists() else {}
+        off = {k: None for k in ("safety_checker", "feature_extractor", "watermarker") if k in names}
+        return {**off, "requires_safety_checker": False} if off else {}
+
+    def setup(self, pipe, device: str) -> None:
+        pipe.set_progress_bar_config(disable=True)
+        pipe.to(device)
+        # SDPA attention is diffusers' default on torch 2; no attention slicing (it costs speed)
+        name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+        if device.startswith("cuda") and getattr(pipe, name, None) is not None:
+            setattr(pipe, name, getattr(pipe, name).to(memory_format=torch.channels_last))
+            if self.compile:
+                setattr(pipe, name, torch.compile(getattr(pipe, name)))
+        self.pipe = pipe
+
+    # --- one mini-batch -------------------------------------------------------------------
+    def __call__(self, prompts: list[str], images: list | None, seeds: list[int], *, width: int,
+                 height: int, steps: int, n: int = 1, strength: float = 0.75,
+                 guidance_scale: float = 7.5) -> list[list[Image.Image]]:
+        # 1. check inputs
+        check_size(width, height)
+        images = self.prepare(images, width, height, strength)
+        # 2. one row per output image, each with its own generator
+        rows, gens, srcs = self.rows(prompts, seeds, n, images)
+        # 3. denoise
+        kw = self.pipe_kwargs(rows, srcs, width=width, height=height, steps=steps,
+                              strength=strength, guidance_scale=guidance_scale)
+        with torch.inference_mode():
+            res = self.pipe(**kw, generator=gens, output_type="pil")
+        self.warn_nsfw(getattr(res, "nsfw_content_detected", None)
+                       or getattr(res, "nsfw_detected", None))
+        # 4. n images per prompt
+        out = [self.finish(im, width, height) for im in res.images]
+        return [out[k:k + n] for k in range(0, len(out), n)]
+
+    def prepare(self, images, width: int, height: int, strength: float):
+        """Source images as the pipeline takes them (text-to-image: none)."""
+        return None
+
+    def pipe_kwargs(self, prompts: list[str], images, *, width: int, height: int, steps: int,
+                    strength: float, guidance_scale: float) -> dict:
+        return dict(prompt=prompts, width=width, height=height, num_inference_steps=steps,
+                    guidance_scale=guidance_scale)
+
+    def finish(self, image: Image.Image, width: int, height: int) -> Image.Image:
+        return image
+
+    def rows(self, prompts: Sequence[str], seeds: Sequence[int] | None, n: int,
+             images: Sequence[Image.Image | None] | None = None):
+        if seeds is None:
+            raise ValueError(f"generate:{self.name} needs a seeds column (one int per prompt); "
+                             f"build it with workers.stages.generate.item_seeds(seed, range(len(prompts)))")
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        rows_p, rows_g, rows_i = [], [], []
+        for i, (p, s) in enumerate(zip(prompts, seeds, strict=True)):
+            for j in range(n):
+                rows_p.append(p)
+                rows_g.append(torch.Generator(self.device).manual_seed(image_seed(int(s), j)))
+                if images is not None:
+                    rows_i.append(images[i])
+        return rows_p, rows_g, rows_i
+
+    def warn_nsfw(self, flags) -> None:
+        if flags is not None and any(bool(f) for f in flags):
+            log.warning("generate:%s: the safety checker blanked %d of %d images",
+                        self.name, sum(bool(f) for f in flags), len(flags))

@@ -1,0 +1,195 @@
+"""The stage table: one declaration per backend, read by everything else.
+
+A declaration says what a backend is (stage, name), where it runs (queue), what it reads
+(``consumes``), how big its mini-batches are per device, how its tiny-random checkpoint is
+built and which weights each profile loads. The Celery canvas, compose, preload, ``itx models
+pull/list``, the CLI's choices, spec validation and the README's model table all read it;
+no stage or backend name is written anywhere else.
+
+Importing this module is cheap (no torch): backend classes are named by ``"module:Class"``
+and imported on first use, so the orchestrator can read the table too.
+
+Adding a model is one module with its backend class and one :func:`declare` call (here, or
+in a plugin module named by ``ITX_PLUGINS``); see docs/adding-a-model.md.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+LIGHT, HEAVY = "light", "heavy"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A kind of work. ``field`` is where its output goes in the result record; a ``keyed``
+    stage keeps one entry per backend there (``captions[name]``)."""
+
+    name: str
+    queue: str
+    field: str
+    keyed: bool = False
+    header: bool = True  # runs in the chord's header, before compose (generate: after)
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("ocr", LIGHT, "ocr"),
+    Stage("caption", LIGHT, "captions", keyed=True),
+    Stage("vqa", LIGHT, "vqa"),
+    Stage("generate", HEAVY, "outputs", header=False),
+)}
+
+# what a backend reads, besides its stage's own inputs
+IMAGE = "image"          # the source image
+QUESTIONS = "questions"  # the item's VQA questions
+PROMPT = "prompt"        # the prompt compose built from the upstream texts
+CONSUMES = (IMAGE, QUESTIONS, PROMPT)
+
+
+@dataclass(frozen=True)
+class Decl:
+    """One backend. ``backend`` is ``"module:Class"`` (imported on first use); ``refs`` maps a
+    profile to the weights it loads (a profile not listed uses ``base``'s); ``tiny`` is
+    ``"module:function"`` building the checkpoint that ``refs["tiny-random"]`` names, or None
+    when that checkpoint is another backend's; ``queue`` None means the stage's."""
+
+    stage: str
+    name: str
+    backend: str
+    refs: dict[str, str]
+    consumes: tuple[str, ...] = (IMAGE,)
+    batch: dict[str, int] = field(default_factory=lambda: {"cpu": 8, "cuda": 32})
+    tiny: str | None = None
+    queue: str | None = None
+    about: str = ""  # what it is good for (the README's model table)
+
+    @property
+    def key(self) -> str:
+        return f"{self.stage}:{self.name}"
+
+    def ref(self, profile: str) -> str:
+        return self.refs.get(profile) or self.refs["base"]
+
+    def load_class(self) -> type:
+        mod, _, cls = self.backend.partition(":")
+        return getattr(importlib.import_module(mod), cls)
+
+
+_TABLE: dict[str, Decl] = {}
+# a stage may take any Hugging Face id or local path as a backend name, run by this backend
+FALLBACK: dict[str, str] = {"caption": "caption:blip"}
+
+
+def declare(stage: str, name: str, backend: str, refs: dict[str, str], **kw) -> Decl:
+    """Add a backend to the table (a later declaration of the same key replaces it)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    if "base" not in refs or "tiny-random" not in refs:
+        raise ValueError(f"{stage}:{name}: refs need at least 'base' and 'tiny-random'")
+    bad = set(kw.get("consumes", ())) - set(CONSUMES)
+    if bad:
+        raise ValueError(f"{stage}:{name}: unknown inputs {sorted(bad)}; use {CONSUMES}")
+    d = Decl(stage, name, backend, dict(refs), **kw)
+    _TABLE[d.key] = d
+    return d
+
+
+def _plugins() -> None:
+    """Import the operator's plugin modules (``ITX_PLUGINS``): each declares its backends."""
+    import os
+
+    for mod in filter(None, (m.strip() for m in os.environ.get("ITX_PLUGINS", "").split(","))):
+        importlib.import_module(mod)
+
+
+def get(stage: str, name: str) -> Decl:
+    """The declaration of ``stage``/``name``; a hub id or path falls back where the stage has
+    a fallback backend (its refs are the name itself)."""
+    d = _TABLE.get(f"{stage}:{name}")
+    if d is not None:
+        return d
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    if stage in FALLBACK and ("/" in name or "\\" in name):
+        base = _TABLE[FALLBACK[stage]]
+        return Decl(stage, name, base.backend, {"base": name, "tiny-random": name},
+                    base.consumes, base.batch, None, base.queue, base.about)
+    raise ValueError(f"unknown {stage} backend {name!r}; choose one of {', '.join(names(stage))}"
+                     + (" or a Hugging Face model id / local path" if stage in FALLBACK else ""))
+
+
+def names(stage: str) -> list[str]:
+    return [d.name for d in _TABLE.values() if d.stage == stage]
+
+
+def decls(stage: str | None = None) -> list[Decl]:
+    return [d for d in _TABLE.values() if stage is None or d.stage == stage]
+
+
+def routes() -> dict[str, str]:
+    """``stage:name -> queue`` for every backend: the declaration's, the stage's, or the
+    operator's override (``ITX_ROUTES=caption:qwen2.5-vl=heavy,...``)."""
+    from workers.settings import get_settings
+
+    out = {d.key: d.queue or STAGES[d.stage].queue for d in _TABLE.values()}
+    out.update(get_settings().routes)
+    return out
+
+
+def queue_of(stage: str, name: str) -> str:
+    from workers.settings import get_settings
+
+    d = get(stage, name)
+    return get_settings().routes.get(d.key) or d.queue or STAGES[stage].queue
+
+
+# --- the table ---------------------------------------------------------------------------------
+_T = "workers.models.tiny"
+
+declare("ocr", "easyocr", "workers.stages.ocr:EasyOCR",
+        {"base": "easyocr/en", "tiny-random": "tiny-random/easyocr"},
+        batch={"cpu": 4, "cuda": 16}, tiny=f"{_T}.ocr:build_easyocr",
+        about="CRAFT + CRNN, 80+ languages; GPU when the worker has one")
+declare("ocr", "rapidocr", "workers.stages.ocr:RapidOCR",
+        {"base": "builtin", "tiny-random": "builtin"}, batch={"cpu": 8, "cuda": 32},
+        about="PP-OCR on onnxruntime, weights inside the wheel; fast on CPU")
+declare("ocr", "tesseract", "workers.stages.ocr:Tesseract",
+        {"base": "builtin", "tiny-random": "builtin"}, batch={"cpu": 8, "cuda": 8},
+        about="Tesseract 5 (Debian package); scanned documents")
+
+declare("caption", "blip", "workers.stages.caption:ImageToText",
+        {"base": "Salesforce/blip-image-captioning-base",
+         "large": "Salesforce/blip-image-captioning-large", "tiny-random": "tiny-random/blip"},
+        batch={"cpu": 16, "cuda": 64}, tiny=f"{_T}.captioning:build_blip",
+        about="BLIP (COCO-finetuned): short, accurate captions")
+declare("caption", "git", "workers.stages.caption:ImageToText",
+        {"base": "microsoft/git-base-coco", "large": "microsoft/git-large-coco",
+         "tiny-random": "tiny-random/git"},
+        batch={"cpu": 16, "cuda": 64}, tiny=f"{_T}.captioning:build_git",
+        about="GIT trained on COCO: fast, COCO-style captions")
+declare("caption", "vit-gpt2", "workers.stages.caption:ImageToText",
+        {"base": "nlpconnect/vit-gpt2-image-captioning", "tiny-random": "tiny-random/vit-gpt2"},
+        batch={"cpu": 16, "cuda": 64}, tiny=f"{_T}.captioning:build_vit_gpt2",
+        about="ViT encoder + GPT-2 decoder: the smallest captioner")
+
+declare("vqa", "blip-vqa", "workers.stages.vqa:BlipVQA",
+        {"base": "Salesforce/blip-vqa-base", "large": "Salesforce/blip-vqa-capfilt-large",
+         "tiny-random": "tiny-random/blip-vqa"},
+        consumes=(IMAGE, QUESTIONS), tiny=f"{_T}.captioning:build_blip_vqa",
+        about="BLIP VQA: short answers to each image's questions")
+
+_SD = {"base": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+       "large": "stabilityai/stable-diffusion-xl-base-1.0", "tiny-random": "tiny-random/sd"}
+declare("generate", "sd", "workers.stages.generate.sd:StableDiffusion", _SD,
+        consumes=(PROMPT,), batch={"cpu": 4, "cuda": 8}, tiny=f"{_T}.diffusion:build_sd",
+        about="Stable Diffusion 1.5 (SDXL in large): text-to-image")
+declare("generate", "sd-img2img", "workers.stages.generate.sd:StableDiffusionImg2Img", _SD,
+        consumes=(PROMPT, IMAGE), batch={"cpu": 4, "cuda": 8},
+        about="the same weights, image-to-image: keeps the source's composition")
+declare("generate", "if", "workers.stages.generate.deepfloyd_if:DeepFloydIF",
+        {"base": "DeepFloyd/IF-I-M-v1.0", "large": "DeepFloyd/IF-I-XL-v1.0",
+         "tiny-random": "tiny-random/if"},
+        consumes=(PROMPT,), batch={"cpu": 4, "cuda": 8}, tiny=f"{_T}.diffusion:build_if",
+        about="DeepFloyd IF (gated): pixel-space cascade, strong text rendering")
+
+_plugins()
