@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 
 from workers.models import tiny
 from workers.models.cache import load_backend
-from workers.models.registry import get_backend_class
+from workers.stages import table
 
 CAPTIONERS = ["blip", "git", "vit-gpt2"]
 QUESTIONS = ["what is in the image?", "how many dogs are there?"]
@@ -42,7 +42,7 @@ def test_captioner_batches_and_is_deterministic(name, tiny_dirs, photos):
 @pytest.mark.parametrize("name", CAPTIONERS)
 def test_prompt_starts_every_caption(name, tiny_dirs, photos):
     """A decoder prompt is continued, in each architecture's own input format."""
-    cls = type("Prompted", (get_backend_class("caption", name),), {"prompt": "a man with"})
+    cls = type("Prompted", (table.get("caption", name).load_class(),), {"prompt": "a man with"})
     backend = cls()
     backend.load(str(tiny_dirs[name]), "cpu", torch.float32)
     caps = backend(photos[:2], max_new_tokens=5)
@@ -69,7 +69,7 @@ def test_vqa_answers_each_images_questions(tiny_dirs, photos):
 
 def test_any_local_image_to_text_dir_loads_through_the_fallback(tiny_dirs, photos):
     path = str(tiny_dirs["blip"])
-    assert get_backend_class("caption", path) is get_backend_class("caption", "blip")
+    assert table.get("caption", path).load_class() is table.get("caption", "blip").load_class()
     backend = load_backend("caption", path)
     assert backend.ref == path
     assert backend.run(photos) == load_backend("caption", "blip").run(photos)

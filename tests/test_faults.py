@@ -390,7 +390,7 @@ def test_out_of_memory_retries_with_smaller_mini_batches():
 def test_a_failing_batch_is_retried_item_by_item_so_one_bad_item_costs_only_itself():
     """A model that fails on one input fails its whole mini-batch; the stage runner then runs
     the batch's items one by one: the bad one gets a `stage_failed` error, the rest results."""
-    from workers.chunks import run_isolated
+    from workers.pipeline.run import run_isolated
     from workers.images import ItemError
     from workers.stages.base import Backend
 

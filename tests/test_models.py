@@ -36,7 +36,7 @@ def test_stage_table():
     hf = table.get("caption", "some/hf-model")
     assert hf.load_class() is table.get("caption", "blip").load_class()
     assert hf.ref("base") == "some/hf-model"
-    with pytest.raises(ValueError, match="unknown generate backend 'dalle'"):
+    with pytest.raises(ValueError, match="unknown generator 'dalle'"):
         table.get("generate", "dalle")
     with pytest.raises(ValueError, match="unknown stage"):
         table.get("translate", "x")

@@ -61,7 +61,10 @@ class PipelineSpec(BaseModel):
             raise ValueError(f"unknown profile {self.profile!r}; choose one of {', '.join(PROFILES)}")
         for stage, name in (("ocr", self.ocr), ("generate", self.generator)):
             if name is not None and name.lower() not in OFF:
-                table.get(stage, name.lower())  # "unknown ocr backend 'x'; choose one of …"
+                try:
+                    table.get(stage, name.lower())
+                except ValueError as e:
+                    raise ValueError(f"{e} or none") from None
         if self.vqa_backend is not None:
             table.get("vqa", self.vqa_backend)
         for c in self.captioners or []:

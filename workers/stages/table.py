@@ -28,15 +28,16 @@ class Stage:
     name: str
     queue: str
     field: str
+    noun: str  # what users call one of its backends, in messages
     keyed: bool = False
     header: bool = True  # runs in the chord's header, before compose (generate: after)
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("ocr", LIGHT, "ocr"),
-    Stage("caption", LIGHT, "captions", keyed=True),
-    Stage("vqa", LIGHT, "vqa"),
-    Stage("generate", HEAVY, "outputs", header=False),
+    Stage("ocr", LIGHT, "ocr", "OCR engine"),
+    Stage("caption", LIGHT, "captions", "captioner", keyed=True),
+    Stage("vqa", LIGHT, "vqa", "VQA backend"),
+    Stage("generate", HEAVY, "outputs", "generator", header=False),
 )}
 
 # what a backend reads, besides its stage's own inputs
@@ -114,7 +115,8 @@ def get(stage: str, name: str) -> Decl:
         base = _TABLE[FALLBACK[stage]]
         return Decl(stage, name, base.backend, {"base": name, "tiny-random": name},
                     base.consumes, base.batch, None, base.queue, base.about)
-    raise ValueError(f"unknown {stage} backend {name!r}; choose one of {', '.join(names(stage))}"
+    raise ValueError(f"unknown {STAGES[stage].noun} {name!r}; choose one of "
+                     f"{', '.join(names(stage))}"
                      + (" or a Hugging Face model id / local path" if stage in FALLBACK else ""))
 
 
