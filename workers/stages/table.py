@@ -159,22 +159,22 @@ declare("ocr", "tesseract", "workers.stages.ocr:Tesseract",
         {"base": "builtin", "tiny-random": "builtin"}, batch={"cpu": 8, "cuda": 8},
         about="Tesseract 5 (Debian package); scanned documents")
 
-declare("caption", "blip", "workers.stages.caption:ImageToText",
+declare("caption", "blip", "workers.stages.caption.image_to_text:ImageToText",
         {"base": "Salesforce/blip-image-captioning-base",
          "large": "Salesforce/blip-image-captioning-large", "tiny-random": "tiny-random/blip"},
         batch={"cpu": 16, "cuda": 64}, tiny=f"{_T}.captioning:build_blip",
         about="BLIP (COCO-finetuned): short, accurate captions")
-declare("caption", "git", "workers.stages.caption:ImageToText",
+declare("caption", "git", "workers.stages.caption.image_to_text:ImageToText",
         {"base": "microsoft/git-base-coco", "large": "microsoft/git-large-coco",
          "tiny-random": "tiny-random/git"},
         batch={"cpu": 16, "cuda": 64}, tiny=f"{_T}.captioning:build_git",
         about="GIT trained on COCO: fast, COCO-style captions")
-declare("caption", "vit-gpt2", "workers.stages.caption:ImageToText",
+declare("caption", "vit-gpt2", "workers.stages.caption.image_to_text:ImageToText",
         {"base": "nlpconnect/vit-gpt2-image-captioning", "tiny-random": "tiny-random/vit-gpt2"},
         batch={"cpu": 16, "cuda": 64}, tiny=f"{_T}.captioning:build_vit_gpt2",
         about="ViT encoder + GPT-2 decoder: the smallest captioner")
 
-declare("vqa", "blip-vqa", "workers.stages.vqa:BlipVQA",
+declare("vqa", "blip-vqa", "workers.stages.vqa.blip:BlipVQA",
         {"base": "Salesforce/blip-vqa-base", "large": "Salesforce/blip-vqa-capfilt-large",
          "tiny-random": "tiny-random/blip-vqa"},
         consumes=(IMAGE, QUESTIONS), tiny=f"{_T}.captioning:build_blip_vqa",

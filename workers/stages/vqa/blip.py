@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from workers.stages.base import Backend
-from workers.stages.caption import image_kwargs, load_model, load_processing, rgb, to_device
+from workers.stages.caption.image_to_text import (image_kwargs, load_model, load_processing, rgb,
+                                                 to_device)
 
 
 class BlipVQA(Backend):

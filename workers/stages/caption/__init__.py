@@ -1,0 +1,1 @@
+"""Captioning backends: one module per family; the stage table declares which is which."""
