@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     model_dir: Path = Field(default_factory=_default_model_dir)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # generators: "on" moves each sub-model (text encoder, denoiser, VAE, cascade stage) to the
+    # GPU only while it runs (diffusers' enable_model_cpu_offload); "off" keeps all loaded;
+    # "auto" offloads a pipeline whose weights take over half the GPU
+    generate_offload: Literal["auto", "on", "off"] = "auto"
     preload: bool = False  # load this pool's models when a worker process starts
     models_uri: str = ""  # s3://bucket/models: the set `itx models pull --from` reads (k8s init)
     heartbeat_file: Path | None = None  # touched at each worker heartbeat; probes read its age

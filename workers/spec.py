@@ -36,7 +36,10 @@ class PipelineSpec(BaseModel):
     seed: int = Field(0, ge=0, lt=2**63)
     n: int = Field(1, ge=1)
     strength: float = Field(0.75, gt=0.0, le=1.0)
-    guidance: float = Field(7.5, ge=0.0, le=50.0)
+    guidance: float | None = Field(None, ge=0.0, le=50.0)  # None: the generator family's
+    negative_prompt: str | None = Field(None, max_length=2000)  # what generation steers away from
+    caption_prompt: str | None = Field(None, max_length=2000)  # what chat VLMs are asked (or a
+    #                                     Florence-2 task token such as <DETAILED_CAPTION>)
     models: dict[str, str] = Field(default_factory=dict)  # "<stage>:<backend>" -> ref override
     # set on what resolved() returns: there None means "off", so resolving again must not
     # read it as "the profile's default"
@@ -91,10 +94,16 @@ class PipelineSpec(BaseModel):
         ocr = d["ocr"] if self.ocr is None else self.ocr.lower()
         gen = d["generator"] if self.generator is None else self.generator.lower()
         caps = list(d["captioners"] if self.captioners is None else self.captioners)
+        # the generator family's own defaults, then the profile's (tiny-random keeps its
+        # small size and few steps for every family: smoke runs stay fast)
+        fam = {} if gen in OFF else table.get("generate", gen).defaults
+        size_steps = fam if d.get("family_defaults", True) else {}
         spec = self.model_copy(update=dict(
             profile=p, ocr=None if ocr in OFF else ocr, captioners=caps,
             generator=None if gen in OFF else gen, vqa_backend=self.vqa_backend or d["vqa"],
-            size=self.size or d["size"], steps=self.steps or d["steps"],
+            size=self.size or size_steps.get("size") or d["size"],
+            steps=self.steps or size_steps.get("steps") or d["steps"],
+            guidance=fam.get("guidance", 7.5) if self.guidance is None else self.guidance,
             caption_for_prompt=self.caption_for_prompt or (caps[0] if caps else None)))
         spec.rules(extra_questions=[])  # checks every rule before any work starts
         spec._resolved = True

@@ -49,7 +49,9 @@ def _run(state: ComposeState, decl: table.Decl, todo: list[ResultRecord], source
         return _fail(todo, f"too_many_outputs: {n} images asked, the limit is {limit} per item")
     w, h = spec.width_height
     kwargs = dict(width=w, height=h, steps=spec.steps, n=n, strength=spec.strength,
-                  guidance_scale=spec.guidance)
+                  guidance_scale=spec.guidance, **backend.spec_kwargs(spec))
+    for r in todo:  # a cascade names the model of every stage it runs at this size
+        r.models.update(backend.stage_refs(spec))
     prompts = [r.prompt for r in todo]
     seeds = item_seeds(spec.seed, [r.id for r in todo])  # stable per item, any chunking
     outs, per = run_isolated(backend, decl.key, [prompts, sources, seeds], kwargs)

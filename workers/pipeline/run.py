@@ -61,7 +61,7 @@ def run_stage(chunk: Chunk, stage: str, name: str) -> StagePartial:
     cols = [[images[it.id] for it in good]]
     if table.QUESTIONS in decl.consumes:
         cols.append([item_questions(spec, it) for it in good])
-    outs, per = run_isolated(backend, decl.key, cols, {})
+    outs, per = run_isolated(backend, decl.key, cols, backend.spec_kwargs(spec))
     for it, out in zip(good, outs):
         if isinstance(out, ItemError):
             partial.errors[it.id] = str(out)

@@ -29,6 +29,11 @@ class Backend:
     def __call__(self, *columns: list, **kwargs) -> list:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def spec_kwargs(self, spec) -> dict:
+        """Options this backend takes from the pipeline spec (keyword arguments of
+        ``__call__``), e.g. a chat VLM's prompt; most backends take none."""
+        return {}
+
     @property
     def max_batch(self) -> int:
         return self.batch_size.get(self.device.split(":")[0], self.batch_size.get("cpu", 8))

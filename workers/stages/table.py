@@ -63,6 +63,9 @@ class Decl:
     tiny: str | None = None
     queue: str | None = None
     about: str = ""  # what it is good for (the README's model table)
+    # a generator family's own steps / guidance / native size, used where the spec leaves
+    # them unset (before the profile's); e.g. {"steps": 4, "guidance": 0.0, "size": "512x512"}
+    defaults: dict = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -188,10 +191,43 @@ declare("generate", "sd", "workers.stages.generate.sd:StableDiffusion", _SD,
 declare("generate", "sd-img2img", "workers.stages.generate.sd:StableDiffusionImg2Img", _SD,
         consumes=(PROMPT, IMAGE), batch={"cpu": 4, "cuda": 8},
         about="the same weights, image-to-image: keeps the source's composition")
-declare("generate", "if", "workers.stages.generate.deepfloyd_if:DeepFloydIF",
+_G = "workers.stages.generate"
+declare("generate", "if", f"{_G}.deepfloyd_if:DeepFloydIF",
         {"base": "DeepFloyd/IF-I-M-v1.0", "large": "DeepFloyd/IF-I-XL-v1.0",
          "tiny-random": "tiny-random/if"},
         consumes=(PROMPT,), batch={"cpu": 4, "cuda": 8}, tiny=f"{_T}.diffusion:build_if",
-        about="DeepFloyd IF (gated): pixel-space cascade, strong text rendering")
+        defaults={"guidance": 7.0, "size": "1024x1024"},
+        about="DeepFloyd IF (gated): the pixel-space cascade I 64 px -> II 256 px -> III "
+              "1024 px, stopping at --size; strong text rendering")
+declare("generate", "if-ii", f"{_G}.deepfloyd_if:IFStageII",
+        {"base": "DeepFloyd/IF-II-M-v1.0", "large": "DeepFloyd/IF-II-L-v1.0",
+         "tiny-random": "tiny-random/if-ii"},
+        consumes=(PROMPT,), batch={"cpu": 4, "cuda": 8}, tiny=f"{_T}.generators:build_if_ii",
+        about="IF stage II (gated), 64 -> 256 px super-resolution: runs inside `if`")
+declare("generate", "if-iii", f"{_G}.deepfloyd_if:IFStageIII",
+        {"base": "stabilityai/stable-diffusion-x4-upscaler", "tiny-random": "tiny-random/if-iii"},
+        consumes=(PROMPT,), batch={"cpu": 4, "cuda": 8}, tiny=f"{_T}.generators:build_if_iii",
+        about="IF stage III, the SD x4 upscaler, 256 -> 1024 px: runs inside `if`")
+_TURBO = {"steps": 1, "guidance": 0.0, "size": "512x512"}
+for _n, _ref, _arch in (("sd-turbo", "stabilityai/sd-turbo", "SD 2.1"),
+                        ("sdxl-turbo", "stabilityai/sdxl-turbo", "SDXL")):
+    _tiny = {"base": _ref, "tiny-random": f"tiny-random/{_n}"}
+    declare("generate", _n, f"{_G}.turbo:Turbo", _tiny, consumes=(PROMPT,),
+            batch={"cpu": 4, "cuda": 16}, tiny=f"{_T}.generators:build_{_n.replace('-', '_')}",
+            defaults=_TURBO, about=f"{_arch} distilled to 1-4 steps, no guidance: fast drafts")
+    declare("generate", f"{_n}-img2img", f"{_G}.turbo:{_arch.split()[0]}TurboImg2Img",
+            _tiny, consumes=(PROMPT, IMAGE), batch={"cpu": 4, "cuda": 16},
+            defaults={**_TURBO, "steps": 2},
+            about=f"{_n}, image-to-image in 2-4 steps on the same weights")
+_FLUX = {"base": "black-forest-labs/FLUX.1-schnell", "tiny-random": "tiny-random/flux-schnell"}
+declare("generate", "flux-schnell", f"{_G}.flux:Flux", _FLUX, consumes=(PROMPT,),
+        batch={"cpu": 2, "cuda": 4}, tiny=f"{_T}.generators:build_flux",
+        defaults={"steps": 4, "guidance": 0.0, "size": "1024x1024"},
+        about="FLUX.1 [schnell] (Apache-2.0): 12B flow transformer, T5 + CLIP, 4 steps; "
+              "follows long prompts")
+declare("generate", "flux-schnell-img2img", f"{_G}.flux:FluxImg2Img", _FLUX,
+        consumes=(PROMPT, IMAGE), batch={"cpu": 2, "cuda": 4},
+        defaults={"steps": 4, "guidance": 0.0, "size": "1024x1024"},
+        about="flux-schnell, image-to-image on the same weights")
 
 _plugins()

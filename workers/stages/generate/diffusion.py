@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from workers.stages.base import Backend
-from workers.stages.generate import check_size, image_seed
+from workers.stages.generate import check_size, fit, image_seed
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,10 @@ class Diffusion(Backend):
 
     def setup(self, pipe, device: str) -> None:
         pipe.set_progress_bar_config(disable=True)
-        pipe.to(device)
+        if offload(device, pipe):  # each sub-model on the GPU only while it runs
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe.to(device)
         # SDPA attention is diffusers' default on torch 2; no attention slicing (it costs speed)
         name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
         if device.startswith("cuda") and getattr(pipe, name, None) is not None:
@@ -68,7 +71,8 @@ class Diffusion(Backend):
     # --- one mini-batch -------------------------------------------------------------------
     def __call__(self, prompts: list[str], images: list | None, seeds: list[int], *, width: int,
                  height: int, steps: int, n: int = 1, strength: float = 0.75,
-                 guidance_scale: float = 7.5) -> list[list[Image.Image]]:
+                 guidance_scale: float = 7.5, negative_prompt: str | None = None,
+                 **options) -> list[list[Image.Image]]:
         # 1. check inputs
         check_size(width, height)
         images = self.prepare(images, width, height, strength)
@@ -77,13 +81,26 @@ class Diffusion(Backend):
         # 3. denoise
         kw = self.pipe_kwargs(rows, srcs, width=width, height=height, steps=steps,
                               strength=strength, guidance_scale=guidance_scale)
+        if negative_prompt and guidance_scale > 1:  # without guidance there is nothing to steer
+            kw["negative_prompt"] = [negative_prompt] * len(rows)
         with torch.inference_mode():
-            res = self.pipe(**kw, generator=gens, output_type="pil")
+            res = self.denoise(kw, gens, width=width, height=height, **options)
         self.warn_nsfw(getattr(res, "nsfw_content_detected", None)
                        or getattr(res, "nsfw_detected", None))
         # 4. n images per prompt
         out = [self.finish(im, width, height) for im in res.images]
         return [out[k:k + n] for k in range(0, len(out), n)]
+
+    def denoise(self, kw: dict, generators: list, **options):
+        """Run the pipeline (a cascade runs several here)."""
+        return self.pipe(**kw, generator=generators, output_type="pil")
+
+    def spec_kwargs(self, spec) -> dict:
+        return {"negative_prompt": spec.negative_prompt}
+
+    def stage_refs(self, spec) -> dict[str, str]:
+        """``generate:<name> -> ref`` of every model this backend runs for the spec."""
+        return {f"generate:{spec.generator}": spec.model_ref("generate", spec.generator)}
 
     def prepare(self, images, width: int, height: int, strength: float):
         """Source images as the pipeline takes them (text-to-image: none)."""
@@ -95,7 +112,9 @@ class Diffusion(Backend):
                     guidance_scale=guidance_scale)
 
     def finish(self, image: Image.Image, width: int, height: int) -> Image.Image:
-        return image
+        """The pipeline's image at exactly width x height (a family whose native grid is
+        coarser than 8 px, or a cascade stage's fixed size, is fitted: cover, centre crop)."""
+        return image if image.size == (width, height) else fit(image, width, height)
 
     def rows(self, prompts: Sequence[str], seeds: Sequence[int] | None, n: int,
              images: Sequence[Image.Image | None] | None = None):
@@ -117,3 +136,18 @@ class Diffusion(Backend):
         if flags is not None and any(bool(f) for f in flags):
             log.warning("generate:%s: the safety checker blanked %d of %d images",
                         self.name, sum(bool(f) for f in flags), len(flags))
+
+
+def offload(device: str, pipe) -> bool:
+    """``ITX_GENERATE_OFFLOAD``: on, off, or auto: on when the pipeline's weights would take
+    more than half of the GPU (the rest is for activations and the other pool's models)."""
+    from workers.settings import get_settings
+
+    mode = get_settings().generate_offload
+    if not device.startswith("cuda") or mode == "off":
+        return False
+    if mode == "on":
+        return True
+    weights = sum(p.numel() * p.element_size() for m in pipe.components.values()
+                  if isinstance(m, torch.nn.Module) for p in m.parameters())
+    return weights > torch.cuda.get_device_properties(torch.device(device)).total_memory / 2
