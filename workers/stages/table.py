@@ -177,6 +177,17 @@ declare("caption", "vit-gpt2", "workers.stages.caption.image_to_text:ImageToText
         batch={"cpu": 16, "cuda": 64}, tiny=f"{_T}.captioning:build_vit_gpt2",
         about="ViT encoder + GPT-2 decoder: the smallest captioner")
 
+_FLORENCE = {"base": "florence-community/Florence-2-base",
+             "large": "florence-community/Florence-2-large", "tiny-random": "tiny-random/florence-2"}
+declare("caption", "florence-2", "workers.stages.caption.florence:Florence2", _FLORENCE,
+        batch={"cpu": 8, "cuda": 32}, tiny=f"{_T}.vlm:build_florence2",
+        about="Florence-2 (0.23B/0.77B, MIT): captions at three lengths (--caption-prompt "
+              "<CAPTION> | <DETAILED_CAPTION> | <MORE_DETAILED_CAPTION>)")
+declare("ocr", "florence-2", "workers.stages.caption.florence:Florence2OCR", _FLORENCE,
+        batch={"cpu": 4, "cuda": 16},
+        about="Florence-2 <OCR_WITH_REGION>: lines with quadrilateral boxes, scene text "
+              "and documents, GPU")
+
 declare("vqa", "blip-vqa", "workers.stages.vqa.blip:BlipVQA",
         {"base": "Salesforce/blip-vqa-base", "large": "Salesforce/blip-vqa-capfilt-large",
          "tiny-random": "tiny-random/blip-vqa"},
