@@ -188,6 +188,23 @@ declare("ocr", "florence-2", "workers.stages.caption.florence:Florence2OCR", _FL
         about="Florence-2 <OCR_WITH_REGION>: lines with quadrilateral boxes, scene text "
               "and documents, GPU")
 
+# chat VLMs: captioners (--caption-prompt) and VQA backends (--vqa-backend), one checkpoint
+_CHAT = "workers.stages.caption.chat"
+for _n, _refs, _q, _b, _about in (
+        ("smolvlm", {"base": "HuggingFaceTB/SmolVLM-256M-Instruct",
+                     "large": "HuggingFaceTB/SmolVLM-500M-Instruct"}, None,
+         {"cpu": 4, "cuda": 32}, "SmolVLM 256M/500M (Apache-2.0): small chat VLM, follows a "
+                                 "prompt; light pool"),
+        ("qwen2.5-vl", {"base": "Qwen/Qwen2.5-VL-3B-Instruct",
+                        "large": "Qwen/Qwen2.5-VL-7B-Instruct"}, HEAVY,
+         {"cpu": 2, "cuda": 16}, "Qwen2.5-VL 3B/7B: strong chat VLM, reads text, detailed "
+                                 "answers; over 2B params, so the heavy pool")):
+    _refs = {**_refs, "tiny-random": f"tiny-random/{_n}"}
+    declare("caption", _n, f"{_CHAT}:ChatVLM", _refs, batch=_b, queue=_q,
+            tiny=f"{_T}.vlm:build_{_n.replace('.', '').replace('-', '_')}", about=_about)
+    declare("vqa", _n, f"{_CHAT}:ChatVQA", _refs, consumes=(IMAGE, QUESTIONS), batch=_b,
+            queue=_q, about=f"{_n}: free-form answers to each image's questions")
+
 declare("vqa", "blip-vqa", "workers.stages.vqa.blip:BlipVQA",
         {"base": "Salesforce/blip-vqa-base", "large": "Salesforce/blip-vqa-capfilt-large",
          "tiny-random": "tiny-random/blip-vqa"},

@@ -66,3 +66,95 @@ def build_florence2(out: Path) -> None:
     processor = Florence2Processor(image_processor=image, tokenizer=tok,
                                    post_processor_config=parse)
     _save(out, Florence2ForConditionalGeneration(config), {**ids, "num_beams": 1}, processor)
+
+
+# --- SmolVLM (Idefics3 architecture) ------------------------------------------------------
+# HuggingFaceTB/SmolVLM-256M-Instruct's chat template
+SMOLVLM_CHAT = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+
+
+def build_smolvlm(out: Path) -> None:
+    """As HuggingFaceTB/SmolVLM-256M-Instruct: a SigLIP tower, pixel shuffle (scale 2), a
+    Llama decoder; the image processor splits large images into tiles plus a global view
+    (so images of different sizes give prompts of different lengths), tile tokens
+    ``<row_i_col_j>``, ``<end_of_utterance>`` ends a turn."""
+    from transformers import (GPT2Tokenizer, SmolVLMConfig, SmolVLMForConditionalGeneration,
+                              SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor)
+
+    named = {"fake_image_token": "<fake_token_around_image>", "image_token": "<image>",
+             "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>"}
+    tiles = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+    tok = _bpe(GPT2Tokenizer, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], tiles,
+               unk_token="<|endoftext|>", bos_token="<|im_start|>", eos_token="<end_of_utterance>",
+               pad_token="<|im_end|>", extra_special_tokens=named)
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+               pad_token_id=tok.pad_token_id)
+    text = dict(model_type="llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=512, initializer_range=INIT_RANGE, **ids)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, image_size=32, patch_size=8,
+                  initializer_range=INIT_RANGE)
+    config = SmolVLMConfig(text_config=text, vision_config=vision, scale_factor=2,
+                           image_token_id=tok.image_token_id, **ids)
+    image = SmolVLMImageProcessor(size={"longest_edge": 64}, max_image_size={"longest_edge": 32},
+                                  do_image_splitting=True)
+    video = SmolVLMVideoProcessor(size={"longest_edge": 64}, max_image_size={"longest_edge": 32})
+    processor = SmolVLMProcessor(image_processor=image, tokenizer=tok, video_processor=video,
+                                 image_seq_len=4, chat_template=SMOLVLM_CHAT)  # (32/8)^2 / 2^2
+    _save(out, SmolVLMForConditionalGeneration(config), ids, processor)
+
+
+# --- Qwen2.5-VL -----------------------------------------------------------------------------
+# Qwen/Qwen2.5-VL-3B-Instruct's chat template (its video branch left out)
+QWEN_CHAT = (
+    "{% set image_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+    "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def build_qwen25_vl(out: Path) -> None:
+    """As Qwen/Qwen2.5-VL-3B-Instruct: a windowed ViT (14 px patches, 2x2 merge, 2-frame
+    temporal patches) at the image's own resolution (so sizes change the token count), a
+    Qwen2 decoder with multimodal RoPE (mrope sections), a Qwen2 BPE tokenizer."""
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                              Qwen2_5_VLProcessor, Qwen2Tokenizer, Qwen2VLImageProcessor,
+                              Qwen2VLVideoProcessor)
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
+                "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tok = _bpe(Qwen2Tokenizer, [], [], unk_token=None, bos_token=None,
+               eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.add_tokens(specials, special_tokens=True)
+    cid = tok.convert_tokens_to_ids
+    ids = dict(eos_token_id=cid("<|im_end|>"), pad_token_id=cid("<|endoftext|>"))
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                initializer_range=INIT_RANGE, rope_parameters={
+                    "rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 1e6},
+                **ids)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                  out_hidden_size=32, fullatt_block_indexes=[1], initializer_range=INIT_RANGE)
+    config = Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision, image_token_id=cid("<|image_pad|>"),
+        video_token_id=cid("<|video_pad|>"), vision_start_token_id=cid("<|vision_start|>"),
+        vision_end_token_id=cid("<|vision_end|>"), **ids)
+    px = {"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * 16}  # 4..16 merged tokens
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=px), tokenizer=tok,
+        video_processor=Qwen2VLVideoProcessor(size=px), chat_template=QWEN_CHAT)
+    _save(out, Qwen2_5_VLForConditionalGeneration(config), ids, processor)
