@@ -57,6 +57,13 @@ Steps = Annotated[Optional[int], typer.Option("--steps", help="Diffusion steps (
                                                                "profile's).")]
 Size = Annotated[Optional[str], typer.Option("--size", help="Output size WIDTHxHEIGHT, multiples "
                                              "of 8 (default: the profile's).")]
+Guidance = Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance "
+                     "scale (default: the generator family's, e.g. 7.5 for sd, 0 for turbo/flux).")]
+NegativePrompt = Annotated[Optional[str], typer.Option("--negative-prompt", help="What generated "
+                           "images should not show (used where guidance is above 1).")]
+CaptionPrompt = Annotated[Optional[str], typer.Option("--caption-prompt", help="What chat VLM "
+                          "captioners are asked, or a Florence-2 task: <CAPTION>, "
+                          "<DETAILED_CAPTION>, <MORE_DETAILED_CAPTION>.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed: the same seed gives the same pixels.")]
 N = Annotated[int, typer.Option("--n", help="Generated images per item.")]
 Strength = Annotated[float, typer.Option("--strength", help="img2img: how far from the source.")]
@@ -79,7 +86,8 @@ def _models(model: list[str] | None) -> dict[str, str]:
 
 
 def make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength,
-              vqa_backend=None, model=None):
+              vqa_backend=None, model=None, guidance=None, negative_prompt=None,
+              caption_prompt=None):
     from pydantic import ValidationError
 
     from workers.settings import get_settings
@@ -98,7 +106,8 @@ def make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed,
         spec = PipelineSpec(profile=profile, captioners=caps, ocr=ocr, vqa=vqa or [],
                             vqa_backend=vqa_backend, models=_models(model),
                             edits=edit or [], generator=generator, steps=steps, size=size,
-                            seed=seed, n=n, strength=strength)
+                            seed=seed, n=n, strength=strength, guidance=guidance,
+                            negative_prompt=negative_prompt, caption_prompt=caption_prompt)
         s = get_settings()
         if n > s.max_outputs_per_item:
             fail(f"--n {n} is over the limit of {s.max_outputs_per_item} outputs per item "
@@ -149,7 +158,8 @@ def run(
     edit: Edit = None, generator: Generator = None, steps: Steps = None, size: Size = None,
     seed: Seed = 0, n: N = 1, strength: Strength = 0.75, coco: Coco = None, images: Images = None,
     limit: Limit = None, ids: Ids = None, chunk: Chunk = None, vqa_backend: VqaBackend = None,
-    model: Model = None,
+    model: Model = None, guidance: Guidance = None, negative_prompt: NegativePrompt = None,
+    caption_prompt: CaptionPrompt = None,
 ):
     """Run the whole pipeline in this process (no broker, no server) and write OUT/manifest.jsonl."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -161,7 +171,7 @@ def run(
     if not inputs and not coco:
         fail("give at least one input (file, folder, glob, manifest, s3:// prefix) or --coco")
     spec = make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength,
-                     vqa_backend, model)
+                     vqa_backend, model, guidance, negative_prompt, caption_prompt)
     _note_profile(spec)
     t0 = time.time()
     _preflight(spec)
@@ -215,6 +225,8 @@ def submit(
     edit: Edit = None, generator: Generator = None, steps: Steps = None, size: Size = None,
     seed: Seed = 0, n: N = 1, strength: Strength = 0.75, coco: Coco = None, images: Images = None,
     limit: Limit = None, ids: Ids = None, vqa_backend: VqaBackend = None, model: Model = None,
+    guidance: Guidance = None, negative_prompt: NegativePrompt = None,
+    caption_prompt: CaptionPrompt = None,
 ):
     """Submit a batch to the worker pools (needs a broker: ITX_BROKER_URL)."""
     from orchestrator.batch import BatchError
@@ -225,7 +237,7 @@ def submit(
     if resume and not batch:
         fail("--resume needs --batch NAME")
     spec = make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength,
-                     vqa_backend, model)
+                     vqa_backend, model, guidance, negative_prompt, caption_prompt)
     t0 = time.time()
     try:
         b = submit_batch(inputs or [], spec, name=batch, chunk=chunk, resume=resume, coco=coco,

@@ -205,12 +205,28 @@ def _snapshot(ref: str, target: Path, workers: int) -> Path:
         files = select_hub_files(HfApi().list_repo_files(ref))
         snapshot_download(ref, local_dir=target, allow_patterns=files, max_workers=workers)
     except Exception as e:  # hub clients raise many types; the user needs the model and the fix
+        if gated(e):
+            raise DistributionError(
+                f"{ref!r} is gated on the model hub: sign in at https://huggingface.co/{ref}, "
+                f"accept its licence there, then set HF_TOKEN to a token of that account "
+                f"(https://huggingface.co/settings/tokens) and pull again") from e
         raise DistributionError(
             f"could not download {ref!r} from the model hub ({type(e).__name__}: {e}). "
             f"Run this where the hub is reachable (set HF_TOKEN for gated models and accept "
             f"their licence on the hub), or pull from your own store: "
             f"`itx models pull --from s3://…`.") from e
     return target
+
+
+def gated(e: BaseException) -> bool:
+    """Whether a hub error says the repository needs its licence accepted (and a token)."""
+    try:
+        from huggingface_hub.errors import GatedRepoError
+    except ImportError:  # an older huggingface_hub
+        GatedRepoError = ()  # noqa: N806
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    return isinstance(e, GatedRepoError) or "gated" in str(e).lower() or (
+        status in (401, 403) and "access" in str(e).lower())
 
 
 # --- local directory <-> store -----------------------------------------------------------------

@@ -50,7 +50,7 @@ def build_florence2(out: Path) -> None:
                pad_token_id=tok.pad_token_id, decoder_start_token_id=tok.eos_token_id)
     text = dict(model_type="bart", vocab_size=len(tok), d_model=32, encoder_layers=2,
                 decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
-                encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=34,
+                encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
                 init_std=INIT_RANGE, forced_eos_token_id=tok.eos_token_id, **ids)
     vision = dict(depths=(1, 1), patch_size=(7, 3), patch_stride=(4, 2), patch_padding=(3, 1),
                   patch_prenorm=(False, True), embed_dim=(16, 32), num_heads=(2, 2),
