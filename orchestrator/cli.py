@@ -114,7 +114,8 @@ def make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed,
                  f"(ITX_MAX_OUTPUTS_PER_ITEM)")
         return spec.resolved(s.profile)
     except ValidationError as e:
-        fail("; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors()))
+        fail("; ".join((f"--{str(err['loc'][0]).replace('_', '-')}: " if err.get("loc") else "")
+                       + err["msg"].removeprefix("Value error, ") for err in e.errors()))
     except (EditRuleError, ValueError) as e:
         fail(str(e))
 

@@ -181,29 +181,29 @@ _FLORENCE = {"base": "florence-community/Florence-2-base",
              "large": "florence-community/Florence-2-large", "tiny-random": "tiny-random/florence-2"}
 declare("caption", "florence-2", "workers.stages.caption.florence:Florence2", _FLORENCE,
         batch={"cpu": 8, "cuda": 32}, tiny=f"{_T}.vlm:build_florence2",
-        about="Florence-2 (0.23B/0.77B, MIT): captions at three lengths (--caption-prompt "
-              "<CAPTION> | <DETAILED_CAPTION> | <MORE_DETAILED_CAPTION>)")
+        about="Florence-2 (0.23B/0.77B, MIT): fast captions at three lengths, picked by "
+              "--caption-prompt (Florence task tokens)")
 declare("ocr", "florence-2", "workers.stages.caption.florence:Florence2OCR", _FLORENCE,
         batch={"cpu": 4, "cuda": 16},
-        about="Florence-2 <OCR_WITH_REGION>: lines with quadrilateral boxes, scene text "
-              "and documents, GPU")
+        about="Florence-2 OCR with regions: lines with quadrilateral boxes; scene text and "
+              "documents, best on a GPU")
 
 # chat VLMs: captioners (--caption-prompt) and VQA backends (--vqa-backend), one checkpoint
 _CHAT = "workers.stages.caption.chat"
 for _n, _refs, _q, _b, _about in (
         ("smolvlm", {"base": "HuggingFaceTB/SmolVLM-256M-Instruct",
                      "large": "HuggingFaceTB/SmolVLM-500M-Instruct"}, None,
-         {"cpu": 4, "cuda": 32}, "SmolVLM 256M/500M (Apache-2.0): small chat VLM, follows a "
-                                 "prompt; light pool"),
+         {"cpu": 4, "cuda": 32}, "SmolVLM 256M/500M (Apache-2.0): a small chat VLM that "
+                                 "follows --caption-prompt"),
         ("qwen2.5-vl", {"base": "Qwen/Qwen2.5-VL-3B-Instruct",
                         "large": "Qwen/Qwen2.5-VL-7B-Instruct"}, HEAVY,
-         {"cpu": 2, "cuda": 16}, "Qwen2.5-VL 3B/7B: strong chat VLM, reads text, detailed "
-                                 "answers; over 2B params, so the heavy pool")):
+         {"cpu": 2, "cuda": 16}, "Qwen2.5-VL 3B/7B: a strong chat VLM, reads text, detailed "
+                                 "answers (over 2B params: heavy pool)")):
     _refs = {**_refs, "tiny-random": f"tiny-random/{_n}"}
     declare("caption", _n, f"{_CHAT}:ChatVLM", _refs, batch=_b, queue=_q,
             tiny=f"{_T}.vlm:build_{_n.replace('.', '').replace('-', '_')}", about=_about)
     declare("vqa", _n, f"{_CHAT}:ChatVQA", _refs, consumes=(IMAGE, QUESTIONS), batch=_b,
-            queue=_q, about=f"{_n}: free-form answers to each image's questions")
+            queue=_q, about=f"{_n}: free-form answers to each image's questions, batched")
 
 declare("vqa", "blip-vqa", "workers.stages.vqa.blip:BlipVQA",
         {"base": "Salesforce/blip-vqa-base", "large": "Salesforce/blip-vqa-capfilt-large",

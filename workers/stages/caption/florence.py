@@ -25,6 +25,9 @@ class Florence2(Backend):
         self.device, self.dtype = device, dtype
         self.model = load_model(ref, device, dtype, auto_cls=Florence2ForConditionalGeneration)
         self.processor = AutoProcessor.from_pretrained(ref)
+        # never past the decoder's positions (a long document would overrun them)
+        room = self.model.config.text_config.max_position_embeddings - 2
+        self.new_tokens = min(self.max_new_tokens, room)
 
     def spec_kwargs(self, spec) -> dict:
         p = (spec.caption_prompt or "").strip().upper()
@@ -36,10 +39,7 @@ class Florence2(Backend):
         images = rgb(images)
         inputs = to_device(self.processor(text=[task] * len(images), images=images,
                                           return_tensors="pt"), self.device, self.dtype)
-        # never past the decoder's positions (a long document would overrun them)
-        room = self.model.config.text_config.max_position_embeddings - 2
-        out = self.model.generate(**inputs, max_new_tokens=min(self.max_new_tokens, room),
-                                  do_sample=False,
+        out = self.model.generate(**inputs, max_new_tokens=self.new_tokens, do_sample=False,
                                   num_beams=self.num_beams, output_scores=True,
                                   return_dict_in_generate=True)
         texts = self.processor.batch_decode(out.sequences, skip_special_tokens=False)
