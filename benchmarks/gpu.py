@@ -35,6 +35,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ["blip", "git", "vit-gpt2", "blip-vqa", "sd", "if"]
+# issue 12's models (bench_new): checkpoints written at full size with random weights
+NEW_MODELS = ["florence-2", "smolvlm", "qwen2.5-vl", "sd-turbo", "sdxl-turbo", "flux-schnell"]
 NEW_TOKENS = 20
 PROMPT = "a photograph of a red double-decker bus on a rainy city street at night"
 # what published diffusers figures use: 512x512, 25-50 steps, fp16, SDPA
@@ -49,8 +51,12 @@ def stage_modules():
         pkg = types.ModuleType("workers")
         pkg.__path__ = [str(REPO / "workers")]
         sys.modules["workers"] = pkg
-    from workers.stages import caption, generate, vqa
+    from workers.stages import generate
+    from workers.stages.caption import image_to_text as caption
+    from workers.stages.generate import deepfloyd_if, sd
+    from workers.stages.vqa import blip as vqa
 
+    generate.StableDiffusion, generate.DeepFloydIF = sd.StableDiffusion, deepfloyd_if.DeepFloydIF
     return caption, vqa, generate
 
 
@@ -321,7 +327,7 @@ def bench_generator(name: str, a, device: str, half) -> dict:
     build_s = time.perf_counter() - t
     b = cls()
     b.device, b.dtype = device, torch.float32
-    b._finish_load(pipe, device)  # what load() does after from_pretrained
+    b.setup(pipe, device)  # what load() does after from_pretrained
     prompts = [f"{PROMPT}, number {i}" for i in range(max(n_loop, n_batch))]
     seeds = generate.item_seeds(0, range(len(prompts)))
     kw = {"width": size, "height": size, "steps": steps}
@@ -383,7 +389,7 @@ def card() -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", help="comma-separated subset of " + ",".join(MODELS))
+    ap.add_argument("--only", help="comma-separated subset of " + ",".join(MODELS + NEW_MODELS))
     ap.add_argument("--compile", action="store_true", help="also torch.compile the SD UNet")
     ap.add_argument("--smoke", action="store_true", help="tiny widths, any device: code path only")
     ap.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16")
@@ -409,15 +415,21 @@ def main() -> int:
     console.print(f"[bold]card:[/] {res['machine']['card']}  torch {res['machine']['torch']}  "
                   f"transformers {res['machine']['transformers']}  "
                   f"diffusers {res['machine']['diffusers']}")
-    names = [n.strip() for n in a.only.split(",")] if a.only else MODELS
+    names = [n.strip() for n in a.only.split(",")] if a.only else MODELS + NEW_MODELS
     a.out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="itx-gpu-bench-") as tmp:
         for name in names:
             t = time.perf_counter()
             try:
-                r = bench_generator(name, a, device, half) if name in ("sd", "if") else \
-                    bench_captioner(name, a, device, half, Path(tmp))
+                if name in NEW_MODELS:
+                    from gpu_new import bench_new  # benchmarks/gpu_new.py, next to this script
+
+                    r = bench_new(name, a, device, half, Path(tmp))
+                elif name in ("sd", "if"):
+                    r = bench_generator(name, a, device, half)
+                else:
+                    r = bench_captioner(name, a, device, half, Path(tmp))
             except Exception as e:  # one model failing must not lose the others' figures
                 traceback.print_exc()
                 r = {"error": f"{type(e).__name__}: {e}"}
