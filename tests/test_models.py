@@ -31,12 +31,12 @@ def test_profiles_name_every_stage_backend():
 
 def test_stage_table():
     assert table.names("caption") == ["blip", "git", "vit-gpt2", "florence-2", "smolvlm",
-                                      "qwen2.5-vl"]
+                                      "qwen2.5-vl", "blip2"]
     assert table.names("generate")[:3] == ["sd", "sd-img2img", "if"]
     assert {"if-ii", "if-iii", "sd-turbo", "sdxl-turbo-img2img", "flux-schnell"} <= \
         set(table.names("generate"))
     assert set(table.names("ocr")) == {"easyocr", "rapidocr", "tesseract", "florence-2"}
-    assert set(table.names("vqa")) == {"blip-vqa", "smolvlm", "qwen2.5-vl"}
+    assert set(table.names("vqa")) == {"blip-vqa", "smolvlm", "qwen2.5-vl", "blip2"}
     hf = table.get("caption", "some/hf-model")
     assert hf.load_class() is table.get("caption", "blip").load_class()
     assert hf.ref("base") == "some/hf-model"

@@ -336,3 +336,28 @@ def test_one_batch_through_real_workers(tmp_path, model_dir):
         assert rec["models"]["generate:flux-schnell"] == "tiny-random/flux-schnell"
         (uri,) = rec["outputs"]
         assert Image.open(uri[len("file://"):]).size == (32, 32)
+
+
+# --- BLIP-2 ---------------------------------------------------------------------------------
+def test_blip2_captions_and_answers_equal_model_card(photos):
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+    caption, vqa = load_backend("caption", "blip2"), load_backend("vqa", "blip2")
+    path = tiny("blip2")
+    processor = Blip2Processor.from_pretrained(path)
+    model = Blip2ForConditionalGeneration.from_pretrained(path).eval()
+
+    def card(image, prompt=None, max_new_tokens=30):
+        inputs = processor(images=image.convert("RGB"), text=prompt, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        if prompt:  # the output repeats the prompt
+            out = out[:, inputs["input_ids"].shape[1]:]
+        return processor.batch_decode(out, skip_special_tokens=True)[0].strip()
+
+    assert caption.run(photos) == [card(im, max_new_tokens=caption.max_new_tokens) for im in photos]
+    answers = vqa.run(photos, QUESTIONS)
+    assert answers == [{q: card(im, f"Question: {q} Answer:", vqa.max_new_tokens) for q in qs}
+                       for im, qs in zip(photos, QUESTIONS)]
+    assert answers[1] == {} and all(a for d in answers for a in d.values())
+    assert caption.ref == "tiny-random/blip2"

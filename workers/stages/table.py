@@ -205,6 +205,16 @@ for _n, _refs, _q, _b, _about in (
     declare("vqa", _n, f"{_CHAT}:ChatVQA", _refs, consumes=(IMAGE, QUESTIONS), batch=_b,
             queue=_q, about=f"{_n}: free-form answers to each image's questions, batched")
 
+_BLIP2 = {"base": "Salesforce/blip2-opt-2.7b", "large": "Salesforce/blip2-flan-t5-xl",
+          "tiny-random": "tiny-random/blip2"}
+declare("caption", "blip2", "workers.stages.caption.image_to_text:ImageToText", _BLIP2,
+        batch={"cpu": 4, "cuda": 32}, queue=HEAVY, tiny=f"{_T}.vlm:build_blip2",
+        about="BLIP-2 (ViT-g + Q-Former + OPT-2.7B / Flan-T5-XL): zero-shot captions "
+              "(3.9B params: heavy pool)")
+declare("vqa", "blip2", "workers.stages.vqa.blip2:Blip2VQA", _BLIP2, consumes=(IMAGE, QUESTIONS),
+        batch={"cpu": 4, "cuda": 32}, queue=HEAVY,
+        about="BLIP-2: short zero-shot answers, 'Question: ... Answer:' prompts")
+
 declare("vqa", "blip-vqa", "workers.stages.vqa.blip:BlipVQA",
         {"base": "Salesforce/blip-vqa-base", "large": "Salesforce/blip-vqa-capfilt-large",
          "tiny-random": "tiny-random/blip-vqa"},

@@ -158,3 +158,32 @@ def build_qwen25_vl(out: Path) -> None:
         image_processor=Qwen2VLImageProcessor(size=px), tokenizer=tok,
         video_processor=Qwen2VLVideoProcessor(size=px), chat_template=QWEN_CHAT)
     _save(out, Qwen2_5_VLForConditionalGeneration(config), ids, processor)
+
+
+# --- BLIP-2 ---------------------------------------------------------------------------------
+def build_blip2(out: Path) -> None:
+    """As Salesforce/blip2-opt-2.7b: a ViT, a Q-Former with learned queries, an OPT decoder;
+    the GPT-2-style OPT tokenizer (``</s>`` starts every text) with ``<image>``, whose
+    ``num_query_tokens`` copies the processor puts before the text."""
+    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor,
+                              BlipImageProcessor, GPT2Tokenizer)
+
+    tok = _bpe(GPT2Tokenizer, ["<s>", "<pad>", "</s>", "<unk>"], [], bos_token="</s>",
+               eos_token="</s>", pad_token="<pad>", unk_token="<unk>", add_bos_token=True)
+    queries = 4
+    processor = Blip2Processor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
+                               tokenizer=tok, num_query_tokens=queries)  # adds <image>
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+               pad_token_id=tok.pad_token_id)
+    config = Blip2Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=32, patch_size=8,
+                           initializer_range=INIT_RANGE),
+        qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, encoder_hidden_size=32,
+                            initializer_range=INIT_RANGE),
+        text_config=dict(model_type="opt", vocab_size=len(tok), hidden_size=32, ffn_dim=64,
+                         num_hidden_layers=2, num_attention_heads=2, word_embed_proj_dim=32,
+                         max_position_embeddings=128, init_std=INIT_RANGE, **ids),
+        num_query_tokens=queries, image_token_id=tok.convert_tokens_to_ids("<image>"))
+    _save(out, Blip2ForConditionalGeneration(config), ids, processor)
