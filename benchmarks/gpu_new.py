@@ -107,7 +107,7 @@ def _full_pipe(name: str, path: Path, device: str) -> None:
         m.to(torch.float16).save_pretrained(path / sub)
 
     tok = transformers.AutoTokenizer.from_pretrained(path / "tokenizer")
-    clip = lambda kw: transformers.CLIPTextConfig(max_position_embeddings=77, **kw,  # noqa: E731
+    clip = lambda kw: transformers.CLIPTextConfig(max_position_embeddings=77, **kw,
                                                   **_ids(tok))
     if name == "flux-schnell":
         t5 = transformers.AutoTokenizer.from_pretrained(path / "tokenizer_2")
@@ -156,17 +156,17 @@ def bench_new(name: str, a, device: str, half, root: Path) -> dict:
     if stage == "caption":
         n_loop, n_batch = (2, 4) if a.smoke else (a.loop_images, a.batch_images)
         imgs = gpu.photos(max(n_loop, n_batch))
-        call = lambda b, k, bs=None: b.run(imgs[:k], batch_size=bs)  # noqa: E731
-        one = lambda b, j: b.run([imgs[j]], batch_size=1)  # noqa: E731
+        call = lambda b, k, bs=None: b.run(imgs[:k], batch_size=bs)
+        one = lambda b, j: b.run([imgs[j]], batch_size=1)
         extra = {}
     else:
         size, steps = (64, 2) if a.smoke else GEN[name][1:]
         n_loop, n_batch = (1, 2) if a.smoke else (a.gen_loop_images, a.gen_batch_images)
         prompts = [f"{gpu.PROMPT}, number {i}" for i in range(max(n_loop, n_batch))]
         kw = {"width": size, "height": size, "steps": steps, "guidance_scale": 0.0}
-        call = lambda b, k, bs=None: b.run(prompts[:k], None, list(range(k)),  # noqa: E731
+        call = lambda b, k, bs=None: b.run(prompts[:k], None, list(range(k)),
                                            batch_size=bs, **kw)
-        one = lambda b, j: b.run([prompts[j]], None, [j], batch_size=1, **kw)  # noqa: E731
+        one = lambda b, j: b.run([prompts[j]], None, [j], batch_size=1, **kw)
         extra = {"size": size, "steps": steps}
     # 1. the model card: fp32, one input per call
     b = load(torch.float32)

@@ -89,6 +89,20 @@ def test_text_to_image_batch_equals_model_card(name):
         generator=gen(SEEDS[i], j), **extra).images[0])
 
 
+def test_sd3_with_guidance_and_negative_prompt_equals_model_card():
+    from diffusers import StableDiffusion3Pipeline
+
+    backend = load_backend("generate", "sd3")
+    w, h, steps, neg = 64, 48, 2, "blurry, low quality"
+    got = backend.run(PROMPTS, None, SEEDS, width=w, height=h, steps=steps, n=2,
+                      guidance_scale=4.5, negative_prompt=neg)
+    pipe = StableDiffusion3Pipeline.from_pretrained(tiny("sd3"))
+    pipe.set_progress_bar_config(disable=True)
+    assert_images_match(got, lambda i, j: pipe(
+        prompt=PROMPTS[i], negative_prompt=neg, num_inference_steps=steps, guidance_scale=4.5,
+        width=w, height=h, generator=gen(SEEDS[i], j)).images[0])
+
+
 @pytest.mark.parametrize("name,base", [("sdxl-turbo-img2img", "sdxl-turbo"),
                                        ("flux-schnell-img2img", "flux-schnell")])
 def test_image_to_image_batch_equals_model_card(name, base, photos):
@@ -250,7 +264,7 @@ def test_vlms_over_2b_route_to_heavy():
 def itx(*args, env=None, timeout=900):
     import os
 
-    return subprocess.run([*ITX, *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([*ITX, *args], capture_output=True, text=True, timeout=timeout, check=False,
                           cwd=REPO, env={**os.environ, **(env or {})})
 
 
@@ -284,7 +298,7 @@ def test_itx_run_with_florence_vlms_and_the_if_cascade(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("generator", ["sd-turbo", "sdxl-turbo-img2img", "flux-schnell",
-                                       "flux-schnell-img2img", "sd-turbo-img2img"])
+                                       "flux-schnell-img2img", "sd-turbo-img2img", "sd3"])
 def test_itx_run_with_each_new_generator(generator, tmp_path):
     out = tmp_path / "out"
     r = itx("run", str(REPO / "examples/images"), "--out", str(out), "--profile", "tiny-random",
@@ -326,7 +340,8 @@ def test_one_batch_through_real_workers(tmp_path, model_dir):
                  "--wait", "--ocr", "none", "--captioners", "smolvlm,qwen2.5-vl",
                  "--vqa", "what is it?", "--vqa-backend", "qwen2.5-vl",
                  "--generator", "flux-schnell", "--size", "32x32"],
-                capture_output=True, text=True, env=worker_env(env), cwd=REPO, timeout=600)
+                capture_output=True, text=True, env=worker_env(env), cwd=REPO, timeout=600,
+                check=False)
             assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     recs = [json.loads(p.read_text())
             for p in (tmp_path / "store/runs/vlm/results").glob("*.json")]

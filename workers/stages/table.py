@@ -268,4 +268,12 @@ declare("generate", "flux-schnell-img2img", f"{_G}.flux:FluxImg2Img", _FLUX,
         defaults={"steps": 4, "guidance": 0.0, "size": "1024x1024"},
         about="flux-schnell, image-to-image on the same weights")
 
+declare("generate", "sd3", f"{_G}.sd3:StableDiffusion3",
+        {"base": "stabilityai/stable-diffusion-3.5-medium",
+         "large": "stabilityai/stable-diffusion-3.5-large", "tiny-random": "tiny-random/sd3"},
+        consumes=(PROMPT,), batch={"cpu": 2, "cuda": 4}, tiny=f"{_T}.generators:build_sd3",
+        defaults={"steps": 28, "guidance": 4.5, "size": "1024x1024"},
+        about="Stable Diffusion 3.5 medium / large (gated): MM-DiT with CLIP + T5, good prompt "
+              "following and typography")
+
 _plugins()

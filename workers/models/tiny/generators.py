@@ -73,8 +73,12 @@ def build_if_ii(out: Path) -> None:
 def build_if_iii(out: Path) -> None:
     """The Stable Diffusion x4 upscaler layout: a 4x VAE, a 7-channel UNet (latents + low-res
     image) with a noise-level embedding, DDIM v-prediction, a DDPM low-res noiser."""
-    from diffusers import (DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
 
     tok = _clip_tokenizer()
     unet = UNet2DConditionModel(
@@ -148,3 +152,27 @@ def build_flux(out: Path) -> None:
                  use_post_quant_conv=False),
         text_encoder=_clip(tok), tokenizer=tok, text_encoder_2=_t5(tok2), tokenizer_2=tok2,
         transformer=transformer).save_pretrained(out)
+
+
+def build_sd3(out: Path) -> None:
+    """Stable Diffusion 3.5 layout: two CLIP text encoders with projection (pooled) + T5, an
+    MM-DiT transformer over 2x2 patches of a 16-channel VAE (no quant convs), flow-matching
+    Euler with shift 3."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+
+    tok, tok2, tok3 = _clip_tokenizer(), _clip_tokenizer(), _t5_tokenizer()
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+        attention_head_dim=8, num_attention_heads=4, joint_attention_dim=64,
+        caption_projection_dim=32, pooled_projection_dim=64, pos_embed_max_size=32)
+    StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_vae(latent=16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
+                 use_post_quant_conv=False),
+        text_encoder=_clip(tok, proj=True), tokenizer=tok,
+        text_encoder_2=_clip(tok2, proj=True), tokenizer_2=tok2,
+        text_encoder_3=_t5(tok3, d_model=64), tokenizer_3=tok3).save_pretrained(out)

@@ -40,8 +40,13 @@ def _bpe(cls, specials: list[str], added: list[str] = (), **kw):
 def build_florence2(out: Path) -> None:
     """As florence-community/Florence-2-base: a DaViT vision tower, a BART encoder-decoder,
     a BART tokenizer with ``<image>`` and the 1000 ``<loc_*>`` box tokens."""
-    from transformers import (BartTokenizer, CLIPImageProcessor, Florence2Config,
-                              Florence2ForConditionalGeneration, Florence2Processor)
+    from transformers import (
+        BartTokenizer,
+        CLIPImageProcessor,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+    )
 
     tok = _bpe(BartTokenizer, ["<s>", "<pad>", "</s>", "<unk>"],
                [f"<loc_{i}>" for i in range(1000)],
@@ -83,8 +88,14 @@ def build_smolvlm(out: Path) -> None:
     Llama decoder; the image processor splits large images into tiles plus a global view
     (so images of different sizes give prompts of different lengths), tile tokens
     ``<row_i_col_j>``, ``<end_of_utterance>`` ends a turn."""
-    from transformers import (GPT2Tokenizer, SmolVLMConfig, SmolVLMForConditionalGeneration,
-                              SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor)
+    from transformers import (
+        GPT2Tokenizer,
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+        SmolVLMImageProcessor,
+        SmolVLMProcessor,
+        SmolVLMVideoProcessor,
+    )
 
     named = {"fake_image_token": "<fake_token_around_image>", "image_token": "<image>",
              "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>"}
@@ -130,9 +141,14 @@ def build_qwen25_vl(out: Path) -> None:
     """As Qwen/Qwen2.5-VL-3B-Instruct: a windowed ViT (14 px patches, 2x2 merge, 2-frame
     temporal patches) at the image's own resolution (so sizes change the token count), a
     Qwen2 decoder with multimodal RoPE (mrope sections), a Qwen2 BPE tokenizer."""
-    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
-                              Qwen2_5_VLProcessor, Qwen2Tokenizer, Qwen2VLImageProcessor,
-                              Qwen2VLVideoProcessor)
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2Tokenizer,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
                 "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -165,8 +181,13 @@ def build_blip2(out: Path) -> None:
     """As Salesforce/blip2-opt-2.7b: a ViT, a Q-Former with learned queries, an OPT decoder;
     the GPT-2-style OPT tokenizer (``</s>`` starts every text) with ``<image>``, whose
     ``num_query_tokens`` copies the processor puts before the text."""
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor,
-                              BlipImageProcessor, GPT2Tokenizer)
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
+        GPT2Tokenizer,
+    )
 
     tok = _bpe(GPT2Tokenizer, ["<s>", "<pad>", "</s>", "<unk>"], [], bos_token="</s>",
                eos_token="</s>", pad_token="<pad>", unk_token="<unk>", add_bos_token=True)

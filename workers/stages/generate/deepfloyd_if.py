@@ -49,7 +49,7 @@ class DeepFloydIF(Diffusion):
         pe, ne = self.pipe.encode_prompt(prompts, do_classifier_free_guidance=True,
                                          device=self.pipe._execution_device,
                                          negative_prompt=neg, clean_caption=self.clean_caption)
-        last = lambda i: "pil" if i == len(stages) else "pt"  # noqa: E731
+        last = lambda i: "pil" if i == len(stages) else "pt"
         res = self.pipe(prompt_embeds=pe, negative_prompt_embeds=ne, generator=generators,
                         output_type=last(0), **kw)
         for i, (name, ref) in enumerate(stages, 1):

@@ -104,7 +104,7 @@ class Diffusion(Backend):
 
     def prepare(self, images, width: int, height: int, strength: float):
         """Source images as the pipeline takes them (text-to-image: none)."""
-        return None
+        return
 
     def pipe_kwargs(self, prompts: list[str], images, *, width: int, height: int, steps: int,
                     strength: float, guidance_scale: float) -> dict:
