@@ -350,6 +350,12 @@ def models_list(profile: Profile = None):
     out_console.print(t)
 
 
+@models_app.command("table")
+def models_table():
+    """Every backend of the stage table as a Markdown table (the README's)."""
+    print(stage_table.markdown())
+
+
 @models_app.command("pull")
 def models_pull(
     profile: Profile = None,

@@ -195,3 +195,15 @@ declare("generate", "if", "workers.stages.generate.deepfloyd_if:DeepFloydIF",
         about="DeepFloyd IF (gated): pixel-space cascade, strong text rendering")
 
 _plugins()
+
+
+def markdown() -> str:
+    """The README's model table, made from the declarations (``itx models table``; a test
+    keeps the README equal to it)."""
+    rows = ["| stage | backend | pool | base | large | tiny-random | good for |",
+            "|---|---|---|---|---|---|---|"]
+    for d in decls():
+        q = d.queue or STAGES[d.stage].queue
+        rows.append(f"| {d.stage} | `{d.name}` | {q} | `{d.ref('base')}` | `{d.ref('large')}` "
+                    f"| `{d.ref('tiny-random')}` | {d.about} |")
+    return "\n".join(rows)
