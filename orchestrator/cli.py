@@ -121,8 +121,9 @@ def _ids(ids: str | None) -> list[int] | None:
 
 def _note_profile(spec) -> None:
     if spec.profile == "tiny-random":
+        real = f" (OCR is real: {spec.ocr})" if spec.ocr else ""
         console.print("[yellow]profile tiny-random:[/] models have tiny random weights; captions "
-                      "and generated images are not meaningful (OCR is real: rapidocr). "
+                      f"and generated images are not meaningful{real}. "
                       "Use --profile base with real weights (`itx models pull`).")
 
 

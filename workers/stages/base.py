@@ -20,6 +20,7 @@ class Backend:
     batch_size: ClassVar[dict[str, int]] = {"cpu": 8, "cuda": 32}
 
     ref: str = ""
+    decl: Any = None  # its declaration in the stage table (set by the model cache)
     device: str = "cpu"
     dtype: Any = None
 

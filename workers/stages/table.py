@@ -63,6 +63,7 @@ class Decl:
     tiny: str | None = None
     queue: str | None = None
     about: str = ""  # what it is good for (the README's model table)
+    shares: str | None = None  # "stage:backend" whose loaded components it reuses (img2img)
 
     @property
     def key(self) -> str:
@@ -114,7 +115,7 @@ def get(stage: str, name: str) -> Decl:
     if stage in FALLBACK and ("/" in name or "\\" in name):
         base = _TABLE[FALLBACK[stage]]
         return Decl(stage, name, base.backend, {"base": name, "tiny-random": name},
-                    base.consumes, base.batch, None, base.queue, base.about)
+                    base.consumes, base.batch, None, base.queue, base.about, base.shares)
     raise ValueError(f"unknown {STAGES[stage].noun} {name!r}; choose one of "
                      f"{', '.join(names(stage))}"
                      + (" or a Hugging Face model id / local path" if stage in FALLBACK else ""))
@@ -186,7 +187,7 @@ declare("generate", "sd", "workers.stages.generate.sd:StableDiffusion", _SD,
         consumes=(PROMPT,), batch={"cpu": 4, "cuda": 8}, tiny=f"{_T}.diffusion:build_sd",
         about="Stable Diffusion 1.5 (SDXL in large): text-to-image")
 declare("generate", "sd-img2img", "workers.stages.generate.sd:StableDiffusionImg2Img", _SD,
-        consumes=(PROMPT, IMAGE), batch={"cpu": 4, "cuda": 8},
+        consumes=(PROMPT, IMAGE), batch={"cpu": 4, "cuda": 8}, shares="generate:sd",
         about="the same weights, image-to-image: keeps the source's composition")
 declare("generate", "if", "workers.stages.generate.deepfloyd_if:DeepFloydIF",
         {"base": "DeepFloyd/IF-I-M-v1.0", "large": "DeepFloyd/IF-I-XL-v1.0",
