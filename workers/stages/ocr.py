@@ -30,8 +30,10 @@ Backends
               CRAFT and a small recogniser. The detector's width is read from the checkpoint
               itself, so both load through the same code. EasyOCR's ``Reader`` is not used:
               it insists on MD5-matching downloads; this backend assembles the same pipeline
-              from ``easyocr.detection`` / ``easyocr.recognition`` and batches recognition
-              across all text boxes of the mini-batch.
+              from ``easyocr.detection`` / ``easyocr.recognition`` and, on a GPU, batches
+              recognition across the mini-batch's text boxes of one padded width (each box
+              padded as ``readtext`` pads it; on CPU one box per pass, as ``readtext`` does:
+              the int8 recogniser scales activations per pass).
 ``rapidocr``  RapidOCR 3 (PP-OCR det/cls/rec on onnxruntime). Ref ``builtin``: the weights
               ship inside the wheel and are named by path, so it never downloads.
 ``tesseract`` Tesseract through pytesseract; words grouped into its lines. Ref ``builtin``
@@ -69,14 +71,11 @@ def empty() -> dict:
 
 
 def _rgb(img: Image.Image) -> Image.Image:
-    """RGB, with any transparency flattened onto white (text on clear PNGs stays readable)."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(bg, rgba).convert("RGB")
-    return img.convert("RGB")
+    """RGB as itx decodes any input: transparency flattened onto white (text on clear PNGs
+    stays readable), 16-bit scaled to 8."""
+    from workers.images import to_rgb
+
+    return to_rgb(img)
 
 
 def _box(points, width: int, height: int) -> list[list[int]]:
@@ -252,8 +251,9 @@ class _Autocast:
 class EasyOCR(Backend):
     """EasyOCR's CRAFT + CRNN pipeline (what ``Reader.readtext`` does), batched."""
 
-    # crops per recogniser forward pass
-    rec_batch: ClassVar[dict[str, int]] = {"cpu": 16, "cuda": 64}
+    # crops per recogniser forward pass. One on CPU, as Reader does there: its recogniser is
+    # int8 with activations scaled per pass, so a crop's text would depend on its neighbours
+    rec_batch: ClassVar[dict[str, int]] = {"cpu": 1, "cuda": 64}
     # Reader.readtext's defaults
     detect_kw: ClassVar[dict] = {"canvas_size": 2560, "mag_ratio": 1.0, "text_threshold": 0.7,
                                  "low_text": 0.4, "link_threshold": 0.4}
@@ -308,6 +308,7 @@ class EasyOCR(Backend):
 
         # 1. detect text boxes, one image at a time (sizes differ)
         crops: list[tuple[tuple[int, Any], np.ndarray]] = []
+        widths: list[int] = []
         sizes = []
         with torch.inference_mode():
             for i, img in enumerate(images):
@@ -315,10 +316,11 @@ class EasyOCR(Backend):
                 sizes.append(img.size)
                 if img.width == 0 or img.height == 0:
                     continue
-                for box, crop in self._detect(np.asarray(img)):
+                for box, crop, width in self._detect(np.asarray(img)):
                     crops.append(((i, box), crop))
-            # 2. recognise every crop of the batch, in groups of similar width
-            found = self._recognize(crops)
+                    widths.append(width)
+            # 2. recognise every crop of the batch, in groups of the same padded width
+            found = self._recognize(crops, widths)
         out: list[list] = [[] for _ in images]
         for (i, box), text, conf in found:
             out[i].append((text, box, conf))
@@ -336,29 +338,30 @@ class EasyOCR(Backend):
         horizontal = [b for b in horizontal if max(b[1] - b[0], b[3] - b[2]) > self.min_size]
         free = [b for b in free
                 if max(diff([c[0] for c in b]), diff([c[1] for c in b])) > self.min_size]
-        if not horizontal and not free:
-            return []
-        image_list, _ = get_image_list(horizontal, free, grey, model_height=self.imgH)
-        return image_list
+        # each box on its own, as Reader.recognize does: a crop is padded to its own width
+        out = []
+        for h_list, f_list in [([b], []) for b in horizontal] + [([], [b]) for b in free]:
+            image_list, width = get_image_list(h_list, f_list, grey, model_height=self.imgH)
+            out += [(box, crop, width) for box, crop in image_list]
+        return out
 
-    def _recognize(self, crops: list) -> list:
+    def _recognize(self, crops: list, widths: list[int]) -> list:
         from easyocr.recognition import get_text
-        from easyocr.utils import calculate_ratio
 
-        def need(crop):  # the padded width EasyOCR gives this crop
-            return math.ceil(calculate_ratio(crop[1].shape[1], crop[1].shape[0])) * self.imgH
-
-        crops = sorted(crops, key=need)
-        n = max(1, self.rec_batch.get(self.device.split(":")[0], 16))
+        by_width: dict[int, list] = {}
+        for crop, width in zip(crops, widths):
+            by_width.setdefault(width, []).append(crop)
+        n = max(1, self.rec_batch.get(self.device.split(":")[0], 1))
         found = []
-        for k in range(0, len(crops), n):
-            part = crops[k:k + n]
-            with warnings.catch_warnings():  # easyocr always asks its DataLoader to pin memory
-                warnings.filterwarnings("ignore", message=".*pin_memory")
-                found += get_text(self.character, self.imgH, max(need(c) for c in part),
-                                  self.recognizer, self.converter, part, self.ignore_char,
-                                  batch_size=len(part), workers=0, device=self.device,
-                                  **self.recognize_kw)
+        for width, group in sorted(by_width.items()):
+            for k in range(0, len(group), n):
+                part = group[k:k + n]
+                with warnings.catch_warnings():  # easyocr always has its DataLoader pin memory
+                    warnings.filterwarnings("ignore", message=".*pin_memory")
+                    found += get_text(self.character, self.imgH, width, self.recognizer,
+                                      self.converter, part, self.ignore_char,
+                                      batch_size=len(part), workers=0, device=self.device,
+                                      **self.recognize_kw)
         return found
 
 
@@ -429,7 +432,7 @@ class RapidOCR(Backend):
     def _one(self, img: Image.Image) -> dict:
         if img.width == 0 or img.height == 0:
             return empty()
-        res = self.engine(np.asarray(img))
+        res = self.engine(img)  # a PIL image: rapidocr makes it BGR (it takes an array as BGR)
         if res.boxes is None or res.txts is None:
             return empty()
         return assemble(list(zip(res.txts, res.boxes, res.scores)), img.size)

@@ -24,7 +24,10 @@ IMAGE_ONLY = {"blip", "blip-2", "git", "vision-encoder-decoder", "pix2struct", "
 
 
 def rgb(images: list[Image.Image]) -> list[Image.Image]:
-    return [im if im.mode == "RGB" else im.convert("RGB") for im in images]
+    """RGB as itx decodes any input (transparency on white, as HF processors flatten it)."""
+    from workers.images import to_rgb
+
+    return [to_rgb(im) for im in images]
 
 
 def load_model(ref: str, device: str, dtype, auto_cls=None):
