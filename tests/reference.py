@@ -212,7 +212,7 @@ def _rapidocr(path: str) -> Reference:
     """``engine = RapidOCR(params=...); result = engine(image)``, with the backend's settings."""
     import rapidocr
 
-    from workers.stages.ocr import RapidOCR
+    from workers.stages.ocr.rapidocr import RapidOCR
 
     models = Path(rapidocr.__file__).parent / "models"
     params = {**RapidOCR.params, "EngineConfig.onnxruntime.intra_op_num_threads": 1}
@@ -237,7 +237,7 @@ def _tesseract(path: str) -> Reference:
     backend's own grouping of ``image_to_data``, checked in test_ocr.py)."""
     import pytesseract
 
-    from workers.stages.ocr import Tesseract
+    from workers.stages.ocr.tesseract import Tesseract
 
     def one(image):
         text = pytesseract.image_to_string(image, lang=Tesseract.lang, config=Tesseract.config)
@@ -260,7 +260,7 @@ def _easyocr(path: str) -> Reference:
     from easyocr.detection import copyStateDict, get_textbox
     from easyocr.recognition import get_recognizer
 
-    from workers.stages.ocr import craft_net
+    from workers.stages.ocr.easyocr import craft_net
 
     cfg = json.loads((Path(path) / "easyocr.json").read_text())
     tmp = Path(tempfile.mkdtemp(prefix="easyocr-ref-"))

@@ -163,7 +163,7 @@ def test_easyocr_matches_library(images, text_images, model_dir):
     the recogniser as the same tensor as in readtext and get the same logits back."""
     from tests.reference import REFERENCES, Recorder, assert_matches_reference
     from workers.models import tiny
-    from workers.stages.ocr import EasyOCR
+    from workers.stages.ocr.easyocr import EasyOCR
 
     path = str(tiny.build("easyocr", model_dir))
     backend = EasyOCR()  # not the process's cached one: its recogniser gets wrapped

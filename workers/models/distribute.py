@@ -187,7 +187,7 @@ def pull_models_from_hub(profile: str, dest_dir: str | Path, *, pool: str | None
 
 
 def _easyocr(ref: str, target: Path) -> Path:
-    from workers.stages.ocr import pull_easyocr
+    from workers.stages.ocr.easyocr import pull_easyocr
 
     try:
         return Path(pull_easyocr(target, lang=ref.split("/", 1)[1]))

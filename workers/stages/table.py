@@ -149,14 +149,14 @@ def queue_of(stage: str, name: str) -> str:
 # --- the table ---------------------------------------------------------------------------------
 _T = "workers.models.tiny"
 
-declare("ocr", "easyocr", "workers.stages.ocr:EasyOCR",
+declare("ocr", "easyocr", "workers.stages.ocr.easyocr:EasyOCR",
         {"base": "easyocr/en", "tiny-random": "tiny-random/easyocr"},
         batch={"cpu": 4, "cuda": 16}, tiny=f"{_T}.ocr:build_easyocr",
         about="CRAFT + CRNN, 80+ languages; GPU when the worker has one")
-declare("ocr", "rapidocr", "workers.stages.ocr:RapidOCR",
+declare("ocr", "rapidocr", "workers.stages.ocr.rapidocr:RapidOCR",
         {"base": "builtin", "tiny-random": "builtin"}, batch={"cpu": 8, "cuda": 32},
         about="PP-OCR on onnxruntime, weights inside the wheel; fast on CPU")
-declare("ocr", "tesseract", "workers.stages.ocr:Tesseract",
+declare("ocr", "tesseract", "workers.stages.ocr.tesseract:Tesseract",
         {"base": "builtin", "tiny-random": "builtin"}, batch={"cpu": 8, "cuda": 8},
         about="Tesseract 5 (Debian package); scanned documents")
 

@@ -1,52 +1,10 @@
-"""OCR: printed text out of images, as lines with boxes and confidences.
-
-Every backend turns one mini-batch of PIL images into one record per image::
-
-    {"text": "OPEN 24 HOURS\\nThe quick brown fox",          # lines in reading order, "\\n"-joined
-     "lines": [{"text": "OPEN 24 HOURS",
-                "box": [[x, y], [x, y], [x, y], [x, y]],      # ints, clockwise from top-left
-                "conf": 0.9731}, ...]}                        # 0..1, 4 decimals
-
-Reading order is top-to-bottom, then left-to-right among lines that share a row.
-An image without text (or with no pixels) gives ``{"text": "", "lines": []}``.
-
-Backends
---------
-``easyocr``   CRAFT detector + CRNN recogniser, PyTorch, GPU when the device is CUDA.
-              The ref is a directory laid out as::
-
-                  <dir>/craft_mlt_25k.pth   CRAFT detector state dict (EasyOCR's own file)
-                  <dir>/english_g2.pth      recogniser state dict, keys prefixed ``module.``
-                                            (EasyOCR's own file)
-                  <dir>/easyocr.json        recogniser config: network ("generation1",
-                                            "generation2"), network_params, character list,
-                                            symbols, lang_list, imgH; file names of both
-                                            weights. Optional: without it the directory is
-                                            read as EasyOCR's English model.
-
-              ``itx models pull`` writes it with :func:`pull_easyocr` (EasyOCR's own
-              downloader, MD5-checked) into ``$ITX_MODEL_DIR/easyocr/en``; the tiny-random
-              builder (``workers/models/tiny/ocr.py``) writes the same layout with a narrow
-              CRAFT and a small recogniser. The detector's width is read from the checkpoint
-              itself, so both load through the same code. EasyOCR's ``Reader`` is not used:
-              it insists on MD5-matching downloads; this backend assembles the same pipeline
-              from ``easyocr.detection`` / ``easyocr.recognition`` and, on a GPU, batches
-              recognition across the mini-batch's text boxes of one padded width (each box
-              padded as ``readtext`` pads it; on CPU one box per pass, as ``readtext`` does:
-              the int8 recogniser scales activations per pass).
-``rapidocr``  RapidOCR 3 (PP-OCR det/cls/rec on onnxruntime). Ref ``builtin``: the weights
-              ship inside the wheel and are named by path, so it never downloads.
-``tesseract`` Tesseract through pytesseract; words grouped into its lines. Ref ``builtin``
-              (or a tessdata directory). Needs the Debian packages ``tesseract-ocr`` and
-              ``tesseract-ocr-eng``.
-"""
+"""EasyOCR's CRAFT detector and CRNN recogniser, assembled and batched (see the package
+docstring for the model directory's layout)."""
 from __future__ import annotations
 
 import json
 import logging
-import math
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -54,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from workers.stages.base import Backend
+from workers.stages.ocr import assemble, rgb
 
 log = logging.getLogger(__name__)
 
@@ -61,72 +20,6 @@ EASYOCR_CONFIG = "easyocr.json"
 DETECTOR_FILE = "craft_mlt_25k.pth"
 RECOGNIZER_FILE = "english_g2.pth"
 
-
-# ---------------------------------------------------------------------------
-# shared output shape
-
-
-def empty() -> dict:
-    return {"text": "", "lines": []}
-
-
-def _rgb(img: Image.Image) -> Image.Image:
-    """RGB as itx decodes any input: transparency flattened onto white (text on clear PNGs
-    stays readable), 16-bit scaled to 8."""
-    from workers.images import to_rgb
-
-    return to_rgb(img)
-
-
-def _box(points, width: int, height: int) -> list[list[int]]:
-    """Four [x, y] int points, clamped to the image."""
-    pts = np.asarray(points, dtype=float).reshape(-1, 2)
-    if len(pts) != 4:  # a polygon: its bounding rectangle
-        x0, y0 = pts.min(axis=0)
-        x1, y1 = pts.max(axis=0)
-        pts = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
-    return [[int(min(max(round(x), 0), width)), int(min(max(round(y), 0), height))]
-            for x, y in pts]
-
-
-def assemble(items: list[tuple[str, Any, float]], size: tuple[int, int]) -> dict:
-    """``(text, points, conf)`` items of one image -> the OCR record, in reading order.
-
-    Rows are formed top-down: a line joins the current row when its vertical centre lies
-    within the row's first line; rows are read left to right.
-    """
-    w, h = size
-    lines = []
-    for text, points, conf in items:
-        text = " ".join(str(text).split())
-        if not text:
-            continue
-        box = _box(points, w, h)
-        conf = float(conf)
-        conf = 0.0 if not math.isfinite(conf) else min(max(conf, 0.0), 1.0)
-        lines.append({"text": text, "box": box, "conf": round(conf, 4)})
-
-    def span(line):
-        ys = [p[1] for p in line["box"]]
-        return min(ys), max(ys)
-
-    lines.sort(key=lambda ln: (span(ln)[0] + span(ln)[1]) / 2)
-    ordered: list[dict] = []
-    row: list[dict] = []
-    top = bottom = 0.0
-    for ln in lines:
-        y0, y1 = span(ln)
-        centre = (y0 + y1) / 2
-        if row and top <= centre <= bottom:
-            row.append(ln)
-            continue
-        ordered += sorted(row, key=lambda r: min(p[0] for p in r["box"]))
-        row, top, bottom = [ln], y0, y1
-    ordered += sorted(row, key=lambda r: min(p[0] for p in r["box"]))
-    return {"text": "\n".join(ln["text"] for ln in ordered), "lines": ordered}
-
-
-# ---------------------------------------------------------------------------
 # easyocr
 
 
@@ -312,7 +205,7 @@ class EasyOCR(Backend):
         sizes = []
         with torch.inference_mode():
             for i, img in enumerate(images):
-                img = _rgb(img)
+                img = rgb(img)
                 sizes.append(img.size)
                 if img.width == 0 or img.height == 0:
                     continue
@@ -378,127 +271,3 @@ def _lang_chars(lang_list: list[str], rec_cfg: dict) -> str:
     chars |= set(rec_cfg.get("symbols") or "0123456789!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ ")
     return "".join(c for c in chars if len(c) == 1)
 
-
-# ---------------------------------------------------------------------------
-# rapidocr
-
-
-class RapidOCR(Backend):
-    """RapidOCR 3 with the PP-OCR ONNX models its wheel ships; images one by one."""
-
-    params: ClassVar[dict] = {
-        "Det.limit_type": "max",        # cap the long side (the default upscales small images)
-        "Det.limit_side_len": 960,
-        "Global.log_level": "error",    # "no text found" is a normal result, not a warning
-    }
-
-    def load(self, ref: str, device: str, dtype) -> None:
-        import rapidocr
-
-        if ref != "builtin":
-            raise ValueError(f"rapidocr's weights ship with the package; its ref is 'builtin', "
-                             f"not {ref!r}")
-        models = Path(rapidocr.__file__).parent / "models"
-        params = dict(self.params)
-        # name every model file, so rapidocr never reaches for its downloader
-        for task, pattern in (("Det", "*det*.onnx"), ("Rec", "*rec*.onnx"), ("Cls", "*cls*.onnx")):
-            found = sorted(models.glob(pattern))
-            if not found:
-                raise FileNotFoundError(f"rapidocr ships no {pattern} in {models}; "
-                                        f"reinstall rapidocr")
-            params[f"{task}.model_path"] = str(found[-1])
-        if device.startswith("cuda"):
-            import onnxruntime
-
-            if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-                params["EngineConfig.onnxruntime.use_cuda"] = True
-            else:
-                log.info("rapidocr: onnxruntime has no CUDA provider here; running on CPU")
-        else:
-            # the process's thread budget (torch's: OMP_NUM_THREADS, set_num_threads);
-            # onnxruntime's default, a spinning thread per core, starves the other stages
-            import torch
-
-            params["EngineConfig.onnxruntime.intra_op_num_threads"] = torch.get_num_threads()
-        self.device, self.dtype = device, dtype
-        self.engine = rapidocr.RapidOCR(params=params)
-        for step in ("_load_det_model", "_load_cls_model", "_load_rec_model"):
-            if hasattr(self.engine, step):  # load now, not on the first image
-                getattr(self.engine, step)()
-
-    def __call__(self, images: list[Image.Image]) -> list[dict]:
-        return [self._one(_rgb(img)) for img in images]
-
-    def _one(self, img: Image.Image) -> dict:
-        if img.width == 0 or img.height == 0:
-            return empty()
-        res = self.engine(img)  # a PIL image: rapidocr makes it BGR (it takes an array as BGR)
-        if res.boxes is None or res.txts is None:
-            return empty()
-        return assemble(list(zip(res.txts, res.boxes, res.scores)), img.size)
-
-
-# ---------------------------------------------------------------------------
-# tesseract
-
-
-class Tesseract(Backend):
-    """Tesseract via pytesseract: words grouped into Tesseract's own lines."""
-
-    lang: ClassVar[str] = "eng"
-    config: ClassVar[str] = "--psm 3"
-    threads: ClassVar[int] = 4
-
-    def load(self, ref: str, device: str, dtype) -> None:
-        import pytesseract
-
-        self.device, self.dtype = device, dtype
-        self._config = self.config
-        if ref != "builtin":
-            if not Path(ref).is_dir():
-                raise ValueError(f"tesseract's ref is 'builtin' or a tessdata directory, "
-                                 f"not {ref!r}")
-            self._config += f' --tessdata-dir "{ref}"'
-        try:
-            pytesseract.get_tesseract_version()
-        except pytesseract.TesseractNotFoundError:
-            raise RuntimeError(
-                "the tesseract binary is not installed (or not on PATH); install it with "
-                "`apt-get install tesseract-ocr tesseract-ocr-eng`, or choose --ocr rapidocr"
-            ) from None
-        langs = pytesseract.get_languages(config=self._config)
-        missing = [lg for lg in self.lang.split("+") if lg not in langs]
-        if missing:
-            raise RuntimeError(f"tesseract has no language data for {'+'.join(missing)}; "
-                               f"install it with `apt-get install tesseract-ocr-{missing[0]}`")
-
-    def __call__(self, images: list[Image.Image]) -> list[dict]:
-        if len(images) <= 1:
-            return [self._one(img) for img in images]
-        with ThreadPoolExecutor(max_workers=min(self.threads, len(images))) as pool:
-            return list(pool.map(self._one, images))
-
-    def _one(self, img: Image.Image) -> dict:
-        import pytesseract
-
-        img = _rgb(img)
-        if img.width == 0 or img.height == 0:
-            return empty()
-        d = pytesseract.image_to_data(img, lang=self.lang, config=self._config,
-                                      output_type=pytesseract.Output.DICT)
-        words: dict[tuple, list[int]] = {}
-        for i, text in enumerate(d["text"]):
-            if float(d["conf"][i]) < 0 or not str(text).strip():
-                continue
-            key = (d["page_num"][i], d["block_num"][i], d["par_num"][i], d["line_num"][i])
-            words.setdefault(key, []).append(i)
-        items = []
-        for idx in words.values():
-            x0 = min(d["left"][i] for i in idx)
-            y0 = min(d["top"][i] for i in idx)
-            x1 = max(d["left"][i] + d["width"][i] for i in idx)
-            y1 = max(d["top"][i] + d["height"][i] for i in idx)
-            conf = sum(float(d["conf"][i]) for i in idx) / len(idx) / 100
-            items.append((" ".join(str(d["text"][i]) for i in idx),
-                          [[x0, y0], [x1, y0], [x1, y1], [x0, y1]], conf))
-        return assemble(items, img.size)
