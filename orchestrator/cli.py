@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  pretty_exceptions_show_locals=False,  # locals may hold secrets
                   help="itx: images -> text -> edited text -> images, in-process or on Celery "
                        "GPU pools.")
 models_app = typer.Typer(no_args_is_help=True, help="Build, pull, push and list model weights.")
