@@ -198,6 +198,12 @@ def submit(
     if resume and not batch:
         fail("--resume needs --batch NAME")
     spec = make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength)
+    from workers.models.trust import ModelNotAllowedError, check_spec
+
+    try:  # the workers refuse them too; here it is one line before anything is sent
+        check_spec(spec)
+    except ModelNotAllowedError as e:
+        fail(str(e))
     t0 = time.time()
     try:
         b = submit_batch(inputs or [], spec, name=batch, chunk=chunk, resume=resume, coco=coco,

@@ -23,7 +23,7 @@ def _run(cmd, env, timeout=60):
                            timeout=timeout)
         return r.returncode, r.stdout + r.stderr
     except subprocess.TimeoutExpired as e:  # a worker retrying a broker it cannot use
-        out = (e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(errors="replace")
+        out = b"".join(x or b"" for x in (e.stdout, e.stderr)).decode(errors="replace")
         return None, out
 
 

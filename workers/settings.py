@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     preload: bool = False  # load this pool's models when a worker process starts
     models_uri: str = ""  # s3://bucket/models: the set `itx models pull --from` reads (k8s init)
+    # trusted models only (workers/models/trust.py, docs/security.md)
+    allowed_models: str = ""  # comma-separated refs and prefixes (end in / or *); "": profiles'
+    model_roots: str = ""  # comma-separated directories whose models may be named by path
+    allow_pickle: bool = False  # load pickled .bin/.pt weights (they can run code)
+    models_manifest_sha256: str = ""  # the pinned sha256 of the model set's MANIFEST.json
     heartbeat_file: Path | None = None  # touched at each worker heartbeat; probes read its age
 
     # --- limits on input (each has its own error) ------------------------

@@ -164,7 +164,10 @@ class StableDiffusion(_Diffusion):
         from diffusers import AutoPipelineForText2Image
 
         self.device, self.dtype = device, dtype
+        from workers.models.trust import use_safetensors
+
         pipe = AutoPipelineForText2Image.from_pretrained(ref, dtype=dtype,
+                                                          use_safetensors=use_safetensors(),
                                                           **self._no_safety_kwargs(ref))
         self._finish_load(pipe, device)
 
@@ -238,7 +241,9 @@ class DeepFloydIF(_Diffusion):
         self.device, self.dtype = device, dtype
         kw = {} if self.safety_checker else {"safety_checker": None, "feature_extractor": None,
                                              "watermarker": None, "requires_safety_checker": False}
-        pipe = IFPipeline.from_pretrained(ref, dtype=dtype, **kw)
+        from workers.models.trust import use_safetensors
+
+        pipe = IFPipeline.from_pretrained(ref, dtype=dtype, use_safetensors=use_safetensors(), **kw)
         self._finish_load(pipe, device)
 
     @property
