@@ -42,6 +42,7 @@ SETTINGS_ENV = {f"ITX_{name.upper()}" for name in Settings.model_fields}
 LIBRARY_ENV = {
     "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",  # boto3
     "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "HF_TOKEN",                  # the hub client
+    "NVIDIA_VISIBLE_DEVICES",                     # the NVIDIA runtime (void: no GPU for init)
 }
 
 
@@ -98,10 +99,28 @@ def _queues() -> set[str]:
 
 
 # --- Kubernetes ------------------------------------------------------------------------------
+def filled(text: str) -> str:
+    return text.replace("CHANGE-ME", "filled-in")
+
+
+@cache
+def k8s_tree() -> Path:
+    """A copy of k8s/ whose gpu overlay has its git-ignored Secret inputs, filled in from the
+    .example files, as an operator's checkout has them."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="itx-k8s-")) / "k8s"
+    shutil.copytree(K8S, root, ignore=shutil.ignore_patterns("secret.env", "redis-ca.pem"))
+    for example in (root / "overlays" / "gpu").glob("*.example"):
+        example.with_suffix("").write_text(filled(example.read_text()))
+    return root
+
+
 @cache
 def render(overlay: str) -> tuple[dict, ...]:
     kubectl = _need("kubectl")
-    path = K8S / "base" if overlay == "base" else K8S / "overlays" / overlay
+    k8s = k8s_tree()
+    path = k8s / "base" if overlay == "base" else k8s / "overlays" / overlay
     out = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True,
                          timeout=120, check=False)
     assert out.returncode == 0, f"kubectl kustomize {path}: {out.stderr}"
@@ -123,7 +142,7 @@ def worker_container(deploy: dict) -> dict:
 
 
 def config_map(overlay: str) -> dict:
-    (cm,) = objects(overlay, "ConfigMap").values()
+    (cm,) = [c for n, c in objects(overlay, "ConfigMap").items() if n.startswith("itx-config")]
     return cm["data"]
 
 
@@ -211,13 +230,15 @@ def test_gpu_secret_template_has_exactly_the_keys_the_manifests_use():
     used = set()
     for obj in render("gpu"):
         text = json.dumps(obj)
-        used |= set(re.findall(r'"key": "([A-Z_]+)"', text))
+        used |= set(re.findall(r'"key": "([A-Z][A-Z0-9_]*)"', text))
     template = {line.split("=", 1)[0] for line in
-                (K8S / "overlays/gpu/secret.env").read_text().splitlines()
+                (K8S / "overlays/gpu/secret.env.example").read_text().splitlines()
                 if line.strip() and not line.startswith("#")}
-    assert template == used
-    check_env_names(template - {"REDIS_ADDRESS", "REDIS_PASSWORD"} - {"FLOWER_BASIC_AUTH"},
-                    "gpu secret.env")
+    generated = {"REDIS_USERNAME", "REDIS_TLS"}  # literals in the kustomization
+    assert template | generated == used
+    # the rest are only the names of secret keys (KEDA's, Flower's, the init containers')
+    check_env_names({k for k in template if not k.startswith(("REDIS_", "MODELS_AWS_"))}
+                    - {"FLOWER_BASIC_AUTH"}, "gpu secret.env.example")
 
 
 def test_contract_lines_extend_what_the_integration_tests_run():
@@ -302,9 +323,8 @@ def test_dev_is_cpu_tiny_random_one_replica_with_redis_and_minio_inside():
     assert {n: d["spec"].get("replicas") for n, d in deploys.items()} == {
         "itx-light": 1, "itx-heavy": 1, "itx-flower": 1, "redis": 1, "minio": 1}
     redis = shlex.join(deploys["redis"]["spec"]["template"]["spec"]["containers"][0]["command"])
-    assert "--requirepass" in redis and "--appendonly yes" in redis
-    assert "mc" in json.dumps(objects("dev", "Job")["minio-bucket"]) and "mb" in json.dumps(
-        objects("dev", "Job")["minio-bucket"])
+    assert "--aclfile" in redis and "--appendonly yes" in redis
+    assert "minio-init.sh" in json.dumps(objects("dev", "Job")["minio-bucket"])
     assert not {"redis", "minio"} & set(objects("gpu", "Deployment")), "gpu uses external ones"
 
 
@@ -470,8 +490,8 @@ def test_compose_gpu_stack_keeps_the_contract():
     assert _cmd(s["flower"]) == FLOWER_COMMAND
     assert s["flower"]["environment"]["FLOWER_BASIC_AUTH"]
     redis = _cmd(s["redis"])
-    assert "--requirepass" in redis and "--appendonly yes" in redis
-    assert "mc mb" in _cmd({"command": s["minio-init"]["entrypoint"]})
+    assert "--aclfile" in redis and "--appendonly yes" in redis
+    assert "minio-init.sh" in _cmd({"command": s["minio-init"]["entrypoint"]})
     assert s["orchestrator"]["restart"] == "no" and _cmd(s["orchestrator"]).startswith("itx ")
     assert s["models"]["restart"] == "no" and _cmd(s["models"]).startswith("itx models pull")
     for name, svc in s.items():
