@@ -182,7 +182,9 @@ def test_a_batch_runs_end_to_end_with_the_worker_and_submitter_users(acl_redis, 
     # nothing any role did was refused: the ACLs hold what Celery, kombu and Flower use
     log = admin.execute_command("ACL", "LOG")
     assert not log, log
-    for text in (r.stdout, r.stderr, acl_cluster["flower_log"].read_text(),
-                 *(w.output() for w in acl_cluster["workers"])):
+    # no password anywhere: CLI output, worker and Flower logs, Flower's task args, the store
+    stored = [p.read_text() for p in acl_cluster["store"].rglob("*.json")]
+    for text in (r.stdout, r.stderr, acl_cluster["flower_log"].read_text(), json.dumps(tasks),
+                 *(w.output() for w in acl_cluster["workers"]), *stored):
         for p in acl_redis["pw"].values():
             assert p not in text

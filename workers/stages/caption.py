@@ -44,7 +44,8 @@ def load_model(ref: str, device: str, dtype, auto_cls=None):
         except ValueError as e:  # "... does not support an attention implementation ..."
             if not any(w in str(e).lower() for w in ("attention", "attn", "sdpa")):
                 raise
-            return cls.from_pretrained(ref, dtype=dtype, use_safetensors=safe)  # this architecture has no SDPA
+            # this architecture has no SDPA
+            return cls.from_pretrained(ref, dtype=dtype, use_safetensors=safe)
 
     try:
         model = _load(auto_cls)
