@@ -18,6 +18,7 @@ from rich.table import Table
 from workers.stages import table as stage_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  pretty_exceptions_show_locals=False,  # locals may hold secrets
                   help="itx: images -> text -> edited text -> images, in-process or on Celery "
                        "GPU pools.")
 models_app = typer.Typer(no_args_is_help=True, help="Build, pull, push and list model weights.")
@@ -227,6 +228,12 @@ def submit(
         fail("--resume needs --batch NAME")
     spec = make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength,
                      vqa_backend, model)
+    from workers.models.trust import ModelNotAllowedError, check_spec
+
+    try:  # the workers refuse them too; here it is one line before anything is sent
+        check_spec(spec)
+    except ModelNotAllowedError as e:
+        fail(str(e))
     t0 = time.time()
     try:
         b = submit_batch(inputs or [], spec, name=batch, chunk=chunk, resume=resume, coco=coco,

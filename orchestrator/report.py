@@ -331,6 +331,8 @@ def default_loader(uri: str):
     """Open an image from a ``file://`` URI, a local path or an ``s3://`` URI (boto3)."""
     from PIL import Image
 
+    from workers.images import FORMATS
+
     u = urlparse(uri)
     if u.scheme == "s3":
         import io
@@ -338,11 +340,11 @@ def default_loader(uri: str):
         from workers.storage import S3Store
 
         data = S3Store(f"s3://{u.netloc}").get(uri)
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=FORMATS)
     path = _local_path(uri)
     if path is None:
         raise ValueError(f"cannot load {uri!r}: only file://, local paths and s3:// are read")
-    return Image.open(path)
+    return Image.open(path, formats=FORMATS)
 
 
 def _font(size: int):

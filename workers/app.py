@@ -13,6 +13,7 @@ from celery.signals import heartbeat_sent
 from kombu import Queue
 
 from workers.settings import get_settings
+from workers.tls import amqp_tls, warn_unverified
 
 from workers.stages.table import HEAVY, LIGHT
 
@@ -38,15 +39,20 @@ def celery_config(s=None) -> dict:
     redis_opts = {"visibility_timeout": visibility,
                   "unacked_restore_interval": max(1, min(10, visibility // 10)),
                   "unacked_restore_throttle": 1}
+    broker, backend = s.broker_url.get_secret_value(), s.result_backend.get_secret_value()
     tls = {}
-    if s.broker_url.startswith("rediss://"):
+    if broker.startswith("rediss://"):
         tls["broker_use_ssl"] = redis_tls(s)
-    if s.result_backend.startswith("rediss://"):
+    elif broker.startswith("amqps://"):
+        tls["broker_use_ssl"] = amqp_tls(s)
+    if backend.startswith("rediss://"):
         tls["redis_backend_use_ssl"] = redis_tls(s)
+    if "rediss://" in (broker[:9], backend[:9]):
+        warn_unverified(s)
     return dict(
         **tls,
-        broker_url=s.broker_url,
-        result_backend=s.result_backend,
+        broker_url=broker,
+        result_backend=backend,
         # JSON only, in both directions
         task_serializer="json",
         result_serializer="json",

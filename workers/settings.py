@@ -4,11 +4,12 @@ Deployment knobs live here; per-model knobs live on the backend classes.
 """
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -17,11 +18,15 @@ def _default_model_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ITX_", env_file=".env", extra="ignore")
+    # errors never echo a value back: a bad setting may be a URL with a password in it
+    model_config = SettingsConfigDict(env_prefix="ITX_", env_file=".env", extra="ignore",
+                                      hide_input_in_errors=True)
 
     # --- services -------------------------------------------------------
-    broker_url: str = "redis://127.0.0.1:6379/0"
-    result_backend: str = "redis://127.0.0.1:6379/1"
+    # secrets (passwords in the URLs): SecretStr shows as '**********' in every repr, log and
+    # traceback; the one reader is workers.app.celery_config (.get_secret_value())
+    broker_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    result_backend: SecretStr = SecretStr("redis://127.0.0.1:6379/1")
     store: str = "file://./itx-store"
 
     # --- models ---------------------------------------------------------
@@ -31,6 +36,11 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     preload: bool = False  # load this pool's models when a worker process starts
     models_uri: str = ""  # s3://bucket/models: the set `itx models pull --from` reads (k8s init)
+    # trusted models only (workers/models/trust.py, docs/security.md)
+    allowed_models: str = ""  # comma-separated refs and prefixes (end in / or *); "": profiles'
+    model_roots: str = ""  # comma-separated directories whose models may be named by path
+    allow_pickle: bool = False  # load pickled .bin/.pt weights (they can run code)
+    models_manifest_sha256: str = ""  # the pinned sha256 of the model set's MANIFEST.json
     heartbeat_file: Path | None = None  # touched at each worker heartbeat; probes read its age
 
     # --- stages ---------------------------------------------------------
@@ -73,6 +83,20 @@ class Settings(BaseSettings):
     redis_ssl_ca_certs: str = ""  # CA bundle that signed the server's certificate (default: system)
     redis_ssl_certfile: str = ""  # client certificate, when the server asks for one
     redis_ssl_keyfile: str = ""
+    # --- RabbitMQ over TLS (amqps:// URLs): certificate and host name always verified
+    amqp_ssl_ca_certs: str = ""  # CA bundle (default: the system's)
+    amqp_ssl_certfile: str = ""  # client certificate, when the server asks for one
+    amqp_ssl_keyfile: str = ""
+
+    @field_validator("broker_url", "result_backend")
+    @classmethod
+    def _url(cls, v: SecretStr, info):
+        # a typo such as rediss//:PASSWORD@host would otherwise reach kombu as a host name,
+        # and kombu prints host names, passwords and all
+        if not re.match(r"^[a-z][a-z0-9+.-]*://", v.get_secret_value()):
+            raise ValueError(f"ITX_{info.field_name.upper()} is not a URL like "
+                             f"redis://:PASSWORD@HOST:PORT/DB (its value is not shown)")
+        return v
 
     @field_validator("routes", mode="before")
     @classmethod

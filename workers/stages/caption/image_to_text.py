@@ -34,15 +34,20 @@ def load_model(ref: str, device: str, dtype, auto_cls=None):
     """``from_pretrained`` with SDPA where the architecture has it, moved to ``device``/``dtype``."""
     import transformers
 
+    from workers.models.trust import use_safetensors
+
     auto_cls = auto_cls or transformers.AutoModelForImageTextToText
+    safe = use_safetensors()  # True: pickled weights never load (docs/security.md)
 
     def _load(cls):
         try:
-            return cls.from_pretrained(ref, dtype=dtype, attn_implementation="sdpa")
+            return cls.from_pretrained(ref, dtype=dtype, attn_implementation="sdpa",
+                                       use_safetensors=safe)
         except ValueError as e:  # "... does not support an attention implementation ..."
             if not any(w in str(e).lower() for w in ("attention", "attn", "sdpa")):
                 raise
-            return cls.from_pretrained(ref, dtype=dtype)  # this architecture has no SDPA
+            # this architecture has no SDPA
+            return cls.from_pretrained(ref, dtype=dtype, use_safetensors=safe)
 
     try:
         model = _load(auto_cls)

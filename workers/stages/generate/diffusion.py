@@ -41,9 +41,12 @@ class Diffusion(Backend):
     def load(self, ref: str, device: str, dtype) -> None:
         import diffusers
 
+        from workers.models.trust import use_safetensors
+
         self.device, self.dtype = device, dtype
         cls = getattr(diffusers, self.pipeline_class)
-        self.setup(cls.from_pretrained(ref, dtype=dtype, **self.load_kwargs(ref)), device)
+        self.setup(cls.from_pretrained(ref, dtype=dtype, use_safetensors=use_safetensors(),
+                                       **self.load_kwargs(ref)), device)
 
     def load_kwargs(self, ref: str) -> dict:
         """Without the safety checker, when the class says so and the checkpoint has one."""

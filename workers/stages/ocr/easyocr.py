@@ -181,7 +181,11 @@ class EasyOCR(Backend):
         net.load_state_dict(state)
         self.detector = _Autocast(net.to(device).eval(), device, dtype)
 
-        # recogniser: EasyOCR's own loader (dynamic int8 on CPU, as Reader does)
+        # recogniser: EasyOCR's own loader (dynamic int8 on CPU, as Reader does), which
+        # unpickles in full: only after the file passed torch.load(weights_only=True)
+        from workers.models.trust import check_torch_file
+
+        check_torch_file(rec_file)
         self.character = rec_cfg["character"]
         self.imgH = int(rec_cfg.get("imgH", 64))
         lang_list = cfg.get("lang_list", ["en"])
