@@ -78,7 +78,6 @@ def test_cancel_stops_a_200_item_batch_within_10_s_and_resume_finishes_it(ops, t
     while len(calls(ops)) < 8:  # the workers are busy with it (records land when chunks end)
         assert time.monotonic() - t0 < 120, "the batch did not start"
         time.sleep(0.2)
-    t_before = time.time()
     r = itx(env, "cancel", "big")
     t_cancel = time.time()
     assert r.returncode == 0 and "cancelled" in r.stdout, r.stderr
@@ -86,11 +85,7 @@ def test_cancel_stops_a_200_item_batch_within_10_s_and_resume_finishes_it(ops, t
     n10 = len(store_keys(s3, "store/runs/big/results/"))
     time.sleep(3)
     assert len(store_keys(s3, "store/runs/big/results/")) == n10  # it stopped
-    assert n10 < 150, (f"{n10} records: the cancel came too late to show anything; calls after"
-                       f" it: {[round(t - t_cancel, 2) for t in calls(ops) if t > t_cancel - 3]}"
-                       f" {store_keys(s3, 'store/runs/big/cancel')} cancel took {t_cancel - t_before:.1f} s, "
-                       f"calls {len(calls(ops))} from {calls(ops)[0] - t_cancel:.1f} to "
-                       f"{calls(ops)[-1] - t_cancel:.1f}")
+    assert n10 < 150, f"{n10} records: the batch ended before the cancel could show anything"
     late = [t for t in calls(ops) if t > t_cancel + 3.0]
     assert not late, f"{len(late)} mini-batches started more than 3 s after the cancel"
     st = status(ops, "big")
