@@ -123,8 +123,13 @@ def cancel(name: str, store=None, app=None) -> dict:
 
 
 def uncancel(name: str, store) -> None:
-    """Remove the cancel marker (``--resume`` and ``retry`` call this before enqueueing)."""
-    store.delete(cancel_key(name))
+    """Reopen a batch before enqueueing more of it (``--resume`` and ``retry`` call this):
+    remove its cancel marker and the summary ``gc`` wrote (its counts are about to change)."""
+    for key in (cancel_key(name), summary_key(name)):
+        try:
+            store.delete(key)
+        except StoreError:
+            pass
 
 
 # --- retry -----------------------------------------------------------------------------------
@@ -145,19 +150,15 @@ def retry(name: str, kinds: Iterable[str] = TRANSIENT, *, store=None, app=None,
     spec = PipelineSpec.model_validate(meta["spec"])
     size = chunk or meta.get("chunk") or get_settings().chunk_size
     check_services(app)
+    from orchestrator.export import _window_map
+
     done = b.result_ids()
+    finished = [it for it in batch_items(b) if it.id in done]
     todo: list[Item] = []
-    for it in batch_items(b):
-        if it.id not in done:
-            continue
-        rec = b.record(it.id)
+    for it, rec in zip(finished, _window_map(lambda it: b.record(it.id), finished)):
         if rec.kind in kinds:
             todo.append(it.model_copy(update={"prior_attempts": rec.attempts}))
     uncancel(name, store)
-    try:
-        store.delete(summary_key(name))
-    except StoreError:
-        pass
     if not todo:
         return b
     nchunk = _next_chunk(b)
