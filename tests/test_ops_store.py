@@ -24,7 +24,8 @@ def done_batch(tmp_path, monkeypatch):
         Image.fromarray(a).save(tmp_path / f"i{i}.png")
     out = tmp_path / "out"
     spec = PipelineSpec(profile="tiny-random", ocr="none", captioners=["slow"], generator="none")
-    recs = run([str(tmp_path / "i*.png")], spec, out, batch="b1", chunk=2)
+    with use_settings(auto_gc=False):  # `itx run` cleans up after itself by default
+        recs = run([str(tmp_path / "i*.png")], spec, out, batch="b1", chunk=2)
     assert len(recs) == 5 and not [r for r in recs if r["error"]]
     return open_store(out.as_uri()), recs
 
@@ -59,6 +60,15 @@ def test_states_gc_and_listing(done_batch):
     with pytest.raises(BatchError, match="no batch 'nope'"):
         ops.cancel("nope", store)
     assert os.environ.get("ITX_TEST_SLOW_S") == "0"
+
+    # a new embedded run into the same folder: a fresh ledger, cleaned up when it is done
+    spec = PipelineSpec(profile="tiny-random", ocr="none", captioners=["slow"], generator="none",
+                        edits=["template:{caption}!"])  # new ids: only the captions reused
+    src = recs[1]["source"]
+    out = run([str(src)], spec, store.root, batch="b1")
+    assert len(out) == 1 and out[0]["reused"] == ["caption:slow"]
+    assert not list(store.list("runs/b1/parts/")) and not list(store.list("runs/b1/chunks/"))
+    assert ops.status("b1", store)["total"] == 1
 
 
 def test_no_reuse_is_not_part_of_the_item_ids():
