@@ -10,7 +10,7 @@ Then batch 3 repeats batch 2's rule with ``reuse=False`` (``--no-reuse``).
 Figures: seconds of each batch, batch 2 / batch 1, and the share of header stages batch 2
 took from ``reuse/`` (target: all of them, 1.0).
 
-    python benchmarks/reuse.py [--quick]      # --quick: 12 images, no generator, < 20 s
+    python benchmarks/reuse.py [--quick]      # --quick: 12 images, blip + VQA, < 20 s
 """
 from __future__ import annotations
 
@@ -37,8 +37,10 @@ def main(quick: bool = False) -> dict:
 
     n = 12 if quick else 64
     gen = dict(generator="none") if quick else dict(generator="sd", size="32x32", steps=2)
-    base = dict(profile="tiny-random", ocr="rapidocr", captioners=["blip", "git"],
-                vqa=["what is this?"], edits=["template:{caption}"], **gen)
+    stages = dict(ocr="none", captioners=["blip"]) if quick else \
+        dict(ocr="rapidocr", captioners=["blip", "git"])
+    base = dict(profile="tiny-random", vqa=["what is this?"], edits=["template:{caption}"],
+                **stages, **gen)
     tmp = Path(tempfile.mkdtemp(prefix="itx-bench-reuse-"))
     C.write_images(tmp / "warm", 2, start=90_000)
     C.write_images(tmp / "in", n)
