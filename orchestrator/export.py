@@ -156,7 +156,10 @@ def _sample(rec: dict, base: Path | None) -> dict:
             pass  # a source that is gone: the sample goes without it (the record says where)
     for k, uri in enumerate(rec.get("outputs") or []):
         if uri:
-            s[f"{k}.png"] = read_uri(uri, base)
+            try:
+                s[f"{k}.png"] = read_uri(uri, base)
+            except Exception as e:  # a training set must not silently lose a target image
+                raise ExportError(f"record {rec['id']}: cannot read output {uri}: {e}") from None
     return s
 
 
