@@ -51,7 +51,9 @@ class Batch:
             raise BatchError(f"no batch {self.name!r} in {self.store.uri}") from None
 
     def submitted_ids(self) -> list[str]:
-        seen: dict[str, None] = {}
+        from orchestrator.ops import kept_ids
+
+        seen: dict[str, None] = dict.fromkeys(kept_ids(self))  # what `itx gc` kept of ledgers
         for key in self.store.list(f"{self.prefix}/chunks/"):
             for i in self.store.get_json(key)["ids"]:
                 seen.setdefault(i)
@@ -102,7 +104,7 @@ class Batch:
             rate = finished / (last - first)
         return {"batch": self.name, "total": total, "done": ok, "failed": failed,
                 "pending": total - finished, "failures": dict(reasons.most_common()),
-                "items_per_s": rate, "created": meta.get("created"),
+                "items_per_s": rate, "created": meta.get("created"), "last_finished_at": last,
                 "complete": total > 0 and finished == total}
 
     # --- progress of what this process submitted ---------------------------------------
@@ -158,6 +160,10 @@ class Batch:
             if timeout is not None and time.monotonic() - t0 > timeout:
                 raise TimeoutError(f"batch {self.name} not finished after {timeout} s")
             time.sleep(poll_s)
-        return self.status()
+        from orchestrator.ops import auto_gc
+
+        st = self.status()
+        auto_gc(self, st)  # ITX_AUTO_GC: a finished batch's parts/ and ledgers go
+        return st
 
 

@@ -67,6 +67,11 @@ Images = Annotated[Optional[str], typer.Option("--images", help="Image root for 
 Limit = Annotated[Optional[int], typer.Option("--limit", help="Only the first N items.")]
 Ids = Annotated[Optional[str], typer.Option("--ids", help="COCO image ids, comma-separated.")]
 Chunk = Annotated[Optional[int], typer.Option("--chunk", help="Items per chunk (task).")]
+NoReuse = Annotated[bool, typer.Option("--no-reuse", help="Recompute OCR, captions and VQA "
+                                       "even where an earlier run kept them for these images.")]
+Where = Annotated[Optional[str], typer.Option("--where", help="Only records matching this "
+                                              "filter, e.g. 'error==null and "
+                                              "captions.blip~cat' (see README).")]
 
 
 def _models(model: list[str] | None) -> dict[str, str]:
@@ -151,7 +156,7 @@ def run(
     edit: Edit = None, generator: Generator = None, steps: Steps = None, size: Size = None,
     seed: Seed = 0, n: N = 1, strength: Strength = 0.75, coco: Coco = None, images: Images = None,
     limit: Limit = None, ids: Ids = None, chunk: Chunk = None, vqa_backend: VqaBackend = None,
-    model: Model = None,
+    model: Model = None, no_reuse: NoReuse = False,
 ):
     """Run the whole pipeline in this process (no broker, no server) and write OUT/manifest.jsonl."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -164,6 +169,8 @@ def run(
         fail("give at least one input (file, folder, glob, manifest, s3:// prefix) or --coco")
     spec = make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength,
                      vqa_backend, model)
+    if no_reuse:
+        spec = spec.model_copy(update={"reuse": False})
     _note_profile(spec)
     t0 = time.time()
     _preflight(spec)
@@ -217,6 +224,7 @@ def submit(
     edit: Edit = None, generator: Generator = None, steps: Steps = None, size: Size = None,
     seed: Seed = 0, n: N = 1, strength: Strength = 0.75, coco: Coco = None, images: Images = None,
     limit: Limit = None, ids: Ids = None, vqa_backend: VqaBackend = None, model: Model = None,
+    no_reuse: NoReuse = False,
 ):
     """Submit a batch to the worker pools (needs a broker: ITX_BROKER_URL)."""
     from orchestrator.batch import BatchError
@@ -234,6 +242,8 @@ def submit(
         check_spec(spec)
     except ModelNotAllowedError as e:
         fail(str(e))
+    if no_reuse:
+        spec = spec.model_copy(update={"reuse": False})
     t0 = time.time()
     try:
         b = submit_batch(inputs or [], spec, name=batch, chunk=chunk, resume=resume, coco=coco,
@@ -277,8 +287,12 @@ def _wait(b) -> dict:
 
 def _print_status(st: dict) -> None:
     t = Table(title=f"batch {st['batch']}", show_header=False)
+    if st.get("state"):
+        t.add_row("state", st["state"])
     for k in ("total", "done", "failed", "pending"):
         t.add_row(k, str(st[k]))
+    if st.get("cancelled"):
+        t.add_row("cancelled", str(st["cancelled"]))
     if st.get("items_per_s"):
         t.add_row("items/s", f"{st['items_per_s']:.2f}")
     for reason, count in st["failures"].items():
@@ -288,11 +302,13 @@ def _print_status(st: dict) -> None:
 
 @app.command()
 def status(batch: str, as_json: Annotated[bool, typer.Option("--json")] = False):
-    """Progress, failures by reason and throughput, read from the store."""
-    from orchestrator.batch import Batch, BatchError
+    """Progress, state (running, done, cancelled, incomplete), failures by reason and
+    throughput, read from the store."""
+    from orchestrator.batch import BatchError
+    from orchestrator.ops import status as batch_status
 
     try:
-        st = Batch(batch).status()
+        st = batch_status(batch)
     except BatchError as e:
         fail(str(e))
     if as_json:
@@ -302,21 +318,119 @@ def status(batch: str, as_json: Annotated[bool, typer.Option("--json")] = False)
 
 
 @app.command()
-def results(batch: str, out: Annotated[Path, typer.Option("--out", "-o")] = Path("manifest.jsonl")):
+def results(batch: Annotated[str, typer.Argument(help="A batch name (or a manifest.jsonl).")],
+            out: Annotated[Path, typer.Option("--out", "-o")] = Path("manifest.jsonl"),
+            where: Where = None):
     """Write the batch's result records (one JSON per line) to OUT."""
-    from orchestrator.batch import Batch, BatchError
+    from orchestrator.export import ExportError, write_results
+    from orchestrator.where import WhereError
 
     try:
-        b = Batch(batch)
-        b.meta()
-        n = 0
-        with out.open("w", encoding="utf-8") as f:
-            for rec in b.results():
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                n += 1
-    except BatchError as e:
+        n = write_results(batch, out, where=where)
+    except (ExportError, WhereError) as e:
         fail(str(e))
     out_console.print(f"{n} records -> {out}")
+
+
+# --- itx batches / cancel / retry / export / gc ------------------------------------------
+@app.command()
+def batches(as_json: Annotated[bool, typer.Option("--json")] = False):
+    """The batches in the store, newest first: items, done, failed, state."""
+    from datetime import datetime
+
+    from orchestrator.ops import batches as list_batches
+
+    rows = list_batches()
+    if as_json:
+        out_console.print_json(json.dumps(rows))
+        return
+    t = Table("batch", "created", "items", "done", "failed", "state")
+    for r in rows:
+        created = datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M:%S") \
+            if r["created"] else ""
+        t.add_row(r["name"], created, str(r["items"]), str(r["done"]), str(r["failed"]),
+                  r["state"])
+    out_console.print(t)
+
+
+@app.command()
+def cancel(batch: str):
+    """Cancel a batch: no new chunk starts, running chunks stop at their next mini-batch;
+    `itx submit --batch B --resume` continues it."""
+    from orchestrator.batch import BatchError
+    from orchestrator.ops import cancel as cancel_batch
+
+    try:
+        cancel_batch(batch)
+    except BatchError as e:
+        fail(str(e))
+    out_console.print(f"batch [bold]{batch}[/]: cancelled (resume with `itx submit --batch "
+                      f"{batch} --resume`)")
+
+
+@app.command()
+def retry(batch: str,
+          kind: Annotated[Optional[str], typer.Option(
+              "--kind", help="Error kinds to retry, comma-separated (default: timeout,"
+                             "store_unavailable,worker_lost,oom).")] = None,
+          wait: Annotated[bool, typer.Option("--wait", help="Show progress until done.")] = False,
+          chunk: Chunk = None):
+    """Resubmit only the items whose records are errors of these kinds (same ids; their
+    records are replaced and `attempts` grows)."""
+    from orchestrator.batch import BatchError
+    from orchestrator.ops import TRANSIENT
+    from orchestrator.ops import retry as retry_batch
+
+    kinds = [k.strip() for k in kind.split(",") if k.strip()] if kind else list(TRANSIENT)
+    try:
+        b = retry_batch(batch, kinds, chunk=chunk)
+    except BatchError as e:
+        fail(str(e))
+    out_console.print(f"batch [bold]{b.name}[/]: {b.submitted} items resubmitted "
+                      f"({', '.join(kinds)})")
+    if not wait or not b.submitted:
+        raise typer.Exit(0)
+    st = _wait(b)
+    _print_status(st)
+    raise typer.Exit(1 if st["failed"] else 0)
+
+
+@app.command()
+def export(
+    source: Annotated[str, typer.Argument(help="A batch name or a manifest.jsonl.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="webdataset | parquet | jsonl.")]
+    = "webdataset",
+    out: Annotated[str, typer.Option("--out", "-o", help="Folder or s3://bucket/prefix.")]
+    = "export",
+    shard_size: Annotated[int, typer.Option("--shard-size", help="Records per shard.")]
+    = 10_000,
+    where: Where = None,
+):
+    """Training data: WebDataset tar shards, Parquet or JSON Lines of the records."""
+    from orchestrator.export import ExportError, export as run_export
+    from orchestrator.where import WhereError
+
+    try:
+        res = run_export(source, format, out, shard_size=shard_size, where=where)
+    except (ExportError, WhereError) as e:
+        fail(str(e))
+    out_console.print(f"{res['records']} records in {res['shards']} {format} shards -> {out}")
+
+
+@app.command()
+def gc(batch: str,
+       force: Annotated[bool, typer.Option("--force", help="Even with items left.")] = False):
+    """Remove a finished batch's transient objects (parts/, chunk ledgers); records, images
+    and a compact item list stay."""
+    from orchestrator.batch import BatchError
+    from orchestrator.ops import gc as gc_batch
+
+    try:
+        r = gc_batch(batch, force=force)
+    except BatchError as e:
+        fail(str(e))
+    out_console.print(f"batch [bold]{batch}[/]: freed {r['objects']} objects "
+                      f"({r['ledgers']} ledgers, {r['parts']} parts), {r['bytes']} bytes")
 
 
 # --- itx models ------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ def run(inputs: Iterable[str] | str, spec: PipelineSpec | None = None, out: str 
     """Run the pipeline over ``inputs`` in this process; write ``out/manifest.jsonl`` and the
     images under ``out/``; return the result records in input order. ``on_chunk(n)`` is
     called after each chunk of ``n`` items."""
+    from orchestrator import ops
     from orchestrator.batch import Batch
     from orchestrator.submit import submit
     from workers.app import app
@@ -40,13 +41,16 @@ def run(inputs: Iterable[str] | str, spec: PipelineSpec | None = None, out: str 
             if b.exists():  # a new run into the same --out replaces the last one's ledger
                 for key in list(store.list(f"runs/{batch}/chunks/")):
                     store.delete(key)
-                store.delete(f"runs/{batch}/batch.json")
+                for key in (f"runs/{batch}/batch.json", ops.items_key(batch)):
+                    store.delete(key)
+                ops.uncancel(batch, store)  # and its cancel marker and summary
 
             counted = (lambda c: on_chunk(len(c.items))) if on_chunk else None
             t0 = time.time()
             b = submit(inputs, spec, name=batch, chunk=chunk, coco=coco, images=images,
                        limit=limit, ids=ids, store=store, app=app, order=order, on_chunk=counted)
             records = list(b.results(order))
+            ops.auto_gc(b, {"complete": len(records) == len(order)})  # ITX_AUTO_GC
     finally:
         app.conf.update(before)
     with (out / "manifest.jsonl").open("w", encoding="utf-8") as f:

@@ -304,6 +304,8 @@ def submit(inputs: Iterable[str], spec: PipelineSpec, *, name: str | None = None
             raise BatchError(f"batch {name!r} exists in {store.uri}; add --resume to submit "
                              f"only its items without a result record")
         spec = PipelineSpec.model_validate(meta["spec"])
+        from orchestrator.ops import uncancel
+        uncancel(name, store)  # a cancelled batch continues
         if not inputs and not coco:
             inputs = meta["inputs"]
             coco, images = meta.get("coco"), meta.get("images")

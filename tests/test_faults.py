@@ -102,6 +102,10 @@ def wait_records(s3, batch: str, n: int, timeout: float, stall: float | None = N
 def exactly_once(s3, batch: str, n: int) -> list[dict]:
     """One record per submitted item, all good, one output object per record, nothing else."""
     ledger = []
+    for k in keys(s3, f"store/runs/{batch}/items.jsonl.gz"):  # what `gc` kept of the ledgers
+        import gzip
+        body = gzip.decompress(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read())
+        ledger += [json.loads(x)["id"] for x in body.splitlines()]
     for k in keys(s3, f"store/runs/{batch}/chunks/"):
         ledger += json.loads(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read())["ids"]
     assert len(set(ledger)) == n  # a --resume may list a stalled item in a new chunk too

@@ -40,6 +40,7 @@ class Item(_Model):
     edit: list[str] = Field(default_factory=list)  # per-item edit rules (manifests)
     coco_id: int | None = None
     file_name: str | None = None
+    prior_attempts: int | None = None  # `itx retry`: the attempts of the record it replaces
 
 
 class Pointer(_Model):
@@ -80,6 +81,8 @@ class StagePartial(_Model):
     ms: dict[str, float | None] = Field(default_factory=dict)
     attempts: int | None = None
     store_retries: int | None = None
+    reused: list[str] = Field(default_factory=list)  # ids whose result came from reuse/
+    cancelled: bool = False  # the batch was cancelled: compose writes no records
 
     @classmethod
     def failed(cls, stage: str, items: list[Item], msg: str) -> "StagePartial":
@@ -120,6 +123,7 @@ class ResultRecord(_Model):
     finished_at: float | None = None
     coco_id: int | None = None
     file_name: str | None = None
+    reused: list[str] = Field(default_factory=list)  # "stage:backend" taken from an earlier run
 
     @classmethod
     def of(cls, item: Item) -> "ResultRecord":
@@ -152,6 +156,7 @@ class ChunkSummary(_Model):
     done: int
     failed: int
     ids: list[str]
+    cancelled: int = 0  # items left without a record because the batch was cancelled
 
 
 def record_schema() -> dict:

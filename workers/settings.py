@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     max_prompt_chars: int = 2000
     max_outputs_per_item: int = 8
 
+    # --- operating batches ------------------------------------------------
+    # remove a batch's transient objects (parts/, chunk ledgers) once every item has its
+    # record, when `itx submit --wait` / `itx retry --wait` sees it finish (else: `itx gc`)
+    auto_gc: bool = True
+
     # --- work shape -----------------------------------------------------
     chunk_size: int = 16
     http_allow_hosts: list[str] = Field(default_factory=list)  # hosts `http(s)://` inputs may come from
@@ -74,6 +79,9 @@ class Settings(BaseSettings):
     # running tasks, then cancels them and puts their messages back on the queue at once.
     soft_shutdown_timeout: float = 30.0
     # S3 requests: botocore's standard retry mode (exponential backoff with jitter)
+    # a task whose worker process died this many times while running it (OOM killer, a
+    # segfault in a decoder) is given up: its chunk's items get `worker_lost` records. 0: never
+    max_worker_losses: int = 3
     s3_max_attempts: int = 6
     s3_connect_timeout: float = 5.0
     s3_read_timeout: float = 60.0

@@ -38,6 +38,9 @@ class PipelineSpec(BaseModel):
     strength: float = Field(0.75, gt=0.0, le=1.0)
     guidance: float = Field(7.5, ge=0.0, le=50.0)
     models: dict[str, str] = Field(default_factory=dict)  # "<stage>:<backend>" -> ref override
+    # take header stage outputs an earlier run kept for the same image, model and options
+    # (workers/pipeline/reuse.py); False (`--no-reuse`) recomputes them. Not in the fingerprint
+    reuse: bool = True
     # set on what resolved() returns: there None means "off", so resolving again must not
     # read it as "the profile's default"
     _resolved: bool = PrivateAttr(default=False)
@@ -118,5 +121,5 @@ class PipelineSpec(BaseModel):
 
     def fingerprint(self) -> str:
         """A hash of everything that changes an item's result (for deterministic item ids)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        blob = json.dumps(self.model_dump(mode="json", exclude={"reuse"}), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

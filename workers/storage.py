@@ -104,6 +104,15 @@ class Store:
     def delete(self, uri_or_key: str) -> None:
         raise NotImplementedError
 
+    def dirs(self, prefix: str = "") -> Iterator[str]:
+        """The "folders" right under ``prefix`` (which ends in ``/``), e.g. batch names under
+        ``runs/``, without listing what they hold."""
+        raise NotImplementedError
+
+    def sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """``(key, bytes)`` under ``prefix``, in lexical order."""
+        raise NotImplementedError
+
     def presign(self, uri_or_key: str, expires: int = 7 * 24 * 3600) -> str:
         return self.url(self.key_of(uri_or_key))
 
@@ -206,6 +215,18 @@ class FileStore(Store):
             self._path(uri_or_key).unlink()
         except FileNotFoundError:
             pass
+
+    def dirs(self, prefix=""):
+        d = self.root / _clean_key(prefix) if prefix else self.root
+        if d.is_dir():
+            yield from sorted(e.name for e in os.scandir(d) if e.is_dir(follow_symlinks=False))
+
+    def sizes(self, prefix=""):
+        for key in self.list(prefix):
+            try:
+                yield key, (self.root / key).stat().st_size
+            except FileNotFoundError:
+                pass
 
     def local_path(self, uri_or_key: str) -> Path:
         return self._path(uri_or_key)
@@ -329,6 +350,22 @@ class S3Store(Store):
     def delete(self, uri_or_key):
         key = self.key_of(uri_or_key)
         self._call(self.client.delete_object, Bucket=self.bucket, Key=self._full(key))
+
+    def dirs(self, prefix=""):
+        prefix = _clean_key(prefix).rstrip("/") + "/" if prefix else ""
+        paginator = self.client.get_paginator("list_objects_v2")
+        full = self._full(prefix)
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full, Delimiter="/"):
+            for p in page.get("CommonPrefixes", []):
+                yield p["Prefix"][len(full):].rstrip("/")
+
+    def sizes(self, prefix=""):
+        prefix = _clean_key(prefix) if prefix else ""
+        paginator = self.client.get_paginator("list_objects_v2")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full(prefix)):
+            for obj in page.get("Contents", []):
+                yield obj["Key"][strip:], obj["Size"]
 
     def presign(self, uri_or_key, expires=7 * 24 * 3600):
         key = self.key_of(uri_or_key)

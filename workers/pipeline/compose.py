@@ -46,6 +46,8 @@ def merge(rec: ResultRecord, partial: StagePartial) -> None:
         rec.error = partial.errors[i]
     if i in partial.results:
         rec.timings_ms[key] = partial.ms.get(i)
+        if i in partial.reused:
+            rec.reused.append(key)
         st, val = table.STAGES[stage], partial.results[i]
         if st.keyed:
             getattr(rec, st.field)[name] = val
@@ -86,7 +88,7 @@ def compose(partials: list[StagePartial], chunk: Chunk, attempts: int = 1,
     records = []
     for item in chunk.items:
         rec = ResultRecord.of(item)
-        rec.attempts, rec.store_retries = attempts, retried
+        rec.attempts, rec.store_retries = attempts + (item.prior_attempts or 0), retried
         for p in partials:
             merge(rec, p)
         if not rec.error:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from workers.images import ItemError
 from workers.pipeline.read import read_images
-from workers.pipeline.run import error_text, load, run_isolated
+from workers.pipeline.run import error_text, load, run_sliced
 from workers.pipeline.write import put_outputs
 from workers.records import ComposeState, Item, ResultRecord
 from workers.settings import get_settings
@@ -52,7 +52,7 @@ def _run(state: ComposeState, decl: table.Decl, todo: list[ResultRecord], source
                   guidance_scale=spec.guidance)
     prompts = [r.prompt for r in todo]
     seeds = item_seeds(spec.seed, [r.id for r in todo])  # stable per item, any chunking
-    outs, per = run_isolated(backend, decl.key, [prompts, sources, seeds], kwargs)
+    outs, per = run_sliced(backend, decl.key, [prompts, sources, seeds], kwargs, state.batch)
     made = []
     for r, images in zip(todo, outs):
         if isinstance(images, ItemError):
