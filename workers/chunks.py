@@ -247,7 +247,7 @@ def record_base(item: dict) -> dict:
     rec = {"id": item["id"], "source": item.get("source"), "image": item.get("image"),
            "ocr": None, "captions": {}, "vqa": {}, "prompt": None, "outputs": [],
            "models": {}, "timings_ms": {}, "error": item.get("error")}
-    for k in ("coco_id", "file_name"):
+    for k in ("coco_id", "file_name", "meta"):  # meta: dataset inputs (issue 18)
         if item.get(k) is not None:
             rec[k] = item[k]
     return rec
@@ -329,7 +329,8 @@ def compose_chunk(partials: list[dict], chunk: dict, attempts: int = 1) -> dict:
                 rules = spec.rules(extra_edits=item.get("edit") or [],
                                    extra_questions=item.get("questions") or [])
                 texts = Texts(captions=rec["captions"], ocr=(rec["ocr"] or {}).get("text", ""),
-                              vqa=rec["vqa"], caption_model=spec.caption_for_prompt)
+                              vqa=rec["vqa"], caption_model=spec.caption_for_prompt,
+                              meta=item.get("meta") or {})
                 prompt = build_prompt(rules, texts)
                 if len(prompt) > limit:
                     raise ItemError("prompt_too_long",
