@@ -114,7 +114,7 @@ def iter_table(ref: str, *, image_column: str | None = None,
             return
         names = set(pf.schema_arrow.names)
         keep = [c for c in (DEFAULT_KEEP if keep_columns is None else keep_columns)
-                if c in names and c != col]
+                if c in names and (c != col or kind == "string")]
         row = 0
         try:
             for rb in pf.iter_batches(batch_size=_BATCH_ROWS["ref" if kind == "string"
