@@ -10,7 +10,7 @@ import boto3
 import pytest
 
 from tests.cluster import BIN, REPO, redis_server, worker_env, workers
-from tests.datasets import caption_of, hf_struct, jpeg, parquet, png, wds_shard
+from tests.datasets import caption_of, hf_struct, parquet, png, wds_shard
 from tests.s3fixture import DUMMY_CREDENTIALS, moto_server
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

@@ -28,40 +28,51 @@ def is_shard_name(name: str) -> bool:
     return name.lower().endswith(SHARD_SUFFIXES)
 
 
+_EXT_CACHE: dict[str, str | None] = {}
+
+
 def _image_ext(ext: str) -> str | None:
     """The image type of a member extension (``jpg``, ``seg.png`` -> png), or None."""
-    last = ext.lower().rsplit(".", 1)[-1]
-    return last if last in _IMAGE_EXTS else None
+    got = _EXT_CACHE.get(ext, False)
+    if got is False:
+        last = ext.lower().rsplit(".", 1)[-1]
+        got = _EXT_CACHE[ext] = last if last in _IMAGE_EXTS else None
+    return got
 
 
-def _sample_item(shard: str, key: str, members: dict[str, bytes | str], base: str) -> InputItem:
-    source = f"{shard}#{key}"
-    meta: dict = {}
-    if "json" in members:
-        raw = members["json"]
-        try:
-            obj = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            obj = None
-        if isinstance(obj, dict):
-            meta.update(obj)
-        else:
-            meta["json"] = raw if obj is None else obj
-    if "txt" in members:
-        meta["txt"] = members["txt"]
-        meta.setdefault("caption", members["txt"])
-    meta.update(key=key, shard=shard)
-    meta = cap_meta(meta)
-    ident = f"{base}#{key}"
-    errors = members.get("__errors__")
-    image = next(((e, v) for e, v in members.items() if not e.startswith("__")
-                  and _image_ext(e)), None)
-    if image is None:
-        why = errors or (f"no_image_member: sample {key!r} has no image member (members: "
-                         f"{', '.join(sorted(e for e in members if not e.startswith('__')))})")
-        return InputItem(source=source, error=why, meta=meta, ident=ident)
-    ext, data = image
-    return InputItem(source=source, data=data, ext="." + _image_ext(ext), meta=meta, ident=ident)
+class _Sample:
+    __slots__ = ("key", "image", "ext", "texts", "others", "error")
+
+    def __init__(self, key: str):
+        self.key, self.image, self.ext, self.error = key, None, None, None
+        self.texts: dict[str, str] = {}
+        self.others: list[str] = []
+
+    def item(self, shard: str, base: str) -> InputItem:
+        key = self.key
+        meta: dict = {}
+        raw = self.texts.get("json")
+        if raw is not None:
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                obj = None
+            if isinstance(obj, dict):
+                meta.update(obj)
+            else:
+                meta["json"] = raw if obj is None else obj
+        txt = self.texts.get("txt")
+        if txt is not None:
+            meta["txt"] = txt
+            meta.setdefault("caption", txt)
+        meta["key"], meta["shard"] = key, shard
+        meta = cap_meta(meta)
+        source, ident = f"{shard}#{key}", f"{base}#{key}"
+        if self.image is None:
+            why = self.error or (f"no_image_member: sample {key!r} has no image member "
+                                 f"(members: {', '.join(sorted({*self.texts, *self.others}))})")
+            return InputItem(source=source, error=why, meta=meta, ident=ident)
+        return InputItem(source=source, data=self.image, ext=self.ext, meta=meta, ident=ident)
 
 
 def _text(data: bytes) -> str:
@@ -78,42 +89,49 @@ def iter_tar(fileobj, shard: str, *, max_bytes: int, base: str | None = None
     except (tarfile.TarError, OSError, EOFError) as e:
         yield InputItem(source=shard, error=f"bad_shard: cannot read {shard} as a tar: {e}")
         return
-    key, members, count = None, {}, 0
+    cur: _Sample | None = None
+    count = 0
     try:
         for m in tar:
+            tar.members = []  # tarfile keeps every member it has seen: not over a whole shard
             if not m.isfile():
                 continue
             km = _KEY_EXT.match(m.name)
             if not km:
                 continue
             k, ext = km.group(1), km.group(2)
-            if k.split("/")[-1].startswith("."):  # ._foo (macOS), hidden files
+            if k.rpartition("/")[2].startswith("."):  # ._foo (macOS), hidden files
                 continue
-            if k != key:
-                if key is not None:
-                    yield _sample_item(shard, key, members, base)
+            if cur is None or k != cur.key:
+                if cur is not None:
+                    yield cur.item(shard, base)
                     count += 1
-                key, members = k, {}
-            ext = ext.lower()
-            if _image_ext(ext):
-                if any(_image_ext(e) for e in members if not e.startswith("__")):
+                cur = _Sample(k)
+            img = _image_ext(ext)
+            if img:
+                if cur.image is not None:
                     continue  # the first image member is the sample's image
                 if m.size > max_bytes:
-                    members["__errors__"] = (f"file_too_large: {ext} member of {k!r} is "
-                                             f"{m.size} bytes, over the limit of {max_bytes}")
+                    cur.error = (f"file_too_large: {ext} member of {k!r} is {m.size} bytes, "
+                                 f"over the limit of {max_bytes}")
                     continue
-                members[ext] = tar.extractfile(m).read()
-                if len(members[ext]) < m.size:
+                data = tar.extractfile(m).read()
+                if len(data) < m.size:
                     raise EOFError("unexpected end of data")
+                cur.image, cur.ext = data, "." + img
             elif ext in ("txt", "json") and m.size <= 1 << 20:
-                members[ext] = _text(tar.extractfile(m).read()) if ext == "txt" else \
-                    tar.extractfile(m).read().decode("utf-8", "replace")
-        if key is not None:
-            yield _sample_item(shard, key, members, base)
+                data = tar.extractfile(m).read()
+                if len(data) < m.size:
+                    raise EOFError("unexpected end of data")
+                cur.texts[ext] = _text(data) if ext == "txt" else data.decode("utf-8", "replace")
+            else:
+                cur.others.append(ext)
+        if cur is not None:
+            yield cur.item(shard, base)
     except (tarfile.TarError, OSError, EOFError, ValueError) as e:
         # the sample being read is dropped unless its image was read whole
-        if key is not None and any(_image_ext(x) for x in members if not x.startswith("__")):
-            yield _sample_item(shard, key, members, base)
+        if cur is not None and cur.image is not None:
+            yield cur.item(shard, base)
             count += 1
         from workers.storage import StoreError
 
