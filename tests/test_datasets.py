@@ -88,6 +88,32 @@ def test_shards_by_path_glob_and_brace_range_keep_keys_and_metadata(tmp_path):
     assert len({it.ident for it in brace}) == 12
 
 
+def test_a_shard_is_read_as_a_forward_only_stream(tmp_path):
+    """A shard from a pipe (no seeking, no size): samples come out while it is being written."""
+    from orchestrator.inputs.webdataset import iter_tar
+
+    data = tar_shard(tmp_path / "s.tar", [sample(f"k{i}", i) for i in range(50)]).read_bytes()
+    r, w = os.pipe()
+    half, in_time = threading.Event(), []
+
+    def writer():
+        with os.fdopen(w, "wb") as f:
+            f.write(data[:len(data) // 2])
+            f.flush()
+            # the rest only once the reader has produced items from the first half
+            in_time.append(half.wait(10))
+            f.write(data[len(data) // 2:])
+
+    threading.Thread(target=writer, daemon=True).start()
+    got = []
+    with os.fdopen(r, "rb") as f:
+        for it in iter_tar(f, "pipe.tar", max_bytes=1 << 20):
+            got.append(it.meta["key"])
+            if len(got) == 10:
+                half.set()
+    assert got == [f"k{i}" for i in range(50)] and in_time == [True]
+
+
 def test_meta_values_are_capped(tmp_path):
     tar_shard(tmp_path / "s.tar", [("k", {"png": png(1), "txt": b"x" * 5000,
                                           "json": json.dumps({"n": 3, "l": [1, 2]}).encode()})])
