@@ -25,12 +25,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C
 
-BENCHMARKS = ["stages", "overhead", "broker", "submit", "soak", "reuse"]
+BENCHMARKS = ["stages", "overhead", "broker", "submit", "soak", "reuse", "staging"]
 # seconds each may take; --quick must finish all of them in under 5 minutes
 LIMITS = {"quick": {"stages": 90, "overhead": 80, "broker": 80, "submit": 80, "soak": 80,
-                   "reuse": 40},
+                    "reuse": 40, "staging": 20},
           "full": {"stages": 600, "overhead": 600, "broker": 600, "submit": 600, "soak": 600,
-                   "reuse": 600}}
+                   "reuse": 600, "staging": 20}}
+# run here in their --quick variant only (the full one by hand: python benchmarks/staging.py)
+QUICK_ONLY = {"staging"}
 BUDGET_QUICK = 290
 
 
@@ -39,7 +41,7 @@ def run_one(name: str, quick: bool, timeout: float) -> tuple[dict | None, str | 
     out = C.OUT / f"{name}.json"
     out.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).with_name(f"{name}.py"))]
-    cmd += ["--quick"] if quick else []
+    cmd += ["--quick"] if quick or name in QUICK_ONLY else []
     t = time.perf_counter()
     try:
         p = subprocess.run(cmd, cwd=C.REPO, timeout=timeout, check=False)
@@ -64,6 +66,9 @@ def targets(res: dict) -> dict:
     if "submit" in res:
         t["submit.items_per_s"] = res["submit"]["targets"]["items_per_s"]
         t["submit.peak_rss_mb"] = res["submit"]["targets"]["peak_rss_mb"]
+    if "staging" in res:
+        t["staging.items_per_s"] = res["staging"]["targets"]["items_per_s"]
+        t["staging.peak_rss_mb"] = res["staging"]["targets"]["peak_rss_mb"]
     if "soak" in res:
         t["soak.rss_growth_pct"] = res["soak"]["target"]
     if "reuse" in res:

@@ -72,6 +72,17 @@ NoReuse = Annotated[bool, typer.Option("--no-reuse", help="Recompute OCR, captio
 Where = Annotated[Optional[str], typer.Option("--where", help="Only records matching this "
                                               "filter, e.g. 'error==null and "
                                               "captions.blip~cat' (see README).")]
+# datasets (issue 18): Parquet inputs
+ImageColumn = Annotated[Optional[str], typer.Option(
+    "--image-column", help="Parquet: the image column (URLs, paths, {bytes, path} structs or "
+    "binary); default: found by type and name.")]
+KeepColumns = Annotated[Optional[str], typer.Option(
+    "--keep-columns", help="Parquet: comma-separated columns kept as each record's meta "
+    "(default: caption,text,TEXT,alt,key,id).")]
+
+
+def _keep(v: str | None) -> list[str] | None:
+    return None if v is None else [c.strip() for c in v.split(",") if c.strip()]
 
 
 def _models(model: list[str] | None) -> dict[str, str]:
@@ -149,7 +160,8 @@ def _preflight(spec) -> None:
 @app.command()
 def run(
     inputs: Annotated[Optional[list[str]], typer.Argument(help="Files, folders, globs, JSONL/CSV "
-                                                          "manifests, s3:// prefixes.")] = None,
+                                                          "manifests, s3:// prefixes, WebDataset "
+                                                          "shards, Parquet.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (a file:// store).")]
     = Path("out"),
     profile: Profile = None, captioners: Captioners = None, ocr: Ocr = None, vqa: Vqa = None,
@@ -157,13 +169,14 @@ def run(
     seed: Seed = 0, n: N = 1, strength: Strength = 0.75, coco: Coco = None, images: Images = None,
     limit: Limit = None, ids: Ids = None, chunk: Chunk = None, vqa_backend: VqaBackend = None,
     model: Model = None, no_reuse: NoReuse = False,
+    image_column: ImageColumn = None, keep_columns: KeepColumns = None,
 ):
     """Run the whole pipeline in this process (no broker, no server) and write OUT/manifest.jsonl."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn)
 
     from orchestrator.embedded import run as run_embedded
-    from orchestrator.inputs import iter_inputs
+    from orchestrator.inputs import is_dataset_ref, iter_inputs
 
     if not inputs and not coco:
         fail("give at least one input (file, folder, glob, manifest, s3:// prefix) or --coco")
@@ -177,7 +190,7 @@ def run(
     coco_ids = _ids(ids)
     total = sum(1 for _ in iter_inputs(inputs or [], coco=coco, images=images, limit=limit,
                                        ids=coco_ids)) if not any(
-        str(i).startswith("s3://") for i in inputs or []) else None
+        str(i).startswith("s3://") or is_dataset_ref(i) for i in inputs or []) else None
     with Progress(TextColumn("[bold]itx run"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
                   disable=not sys.stderr.isatty() and os.environ.get("ITX_PROGRESS") != "1") as bar:
@@ -190,7 +203,8 @@ def run(
 
         try:
             records = run_embedded(inputs or [], spec, out, chunk=chunk, coco=coco, images=images,
-                                   limit=limit, ids=coco_ids, on_chunk=advance)
+                                   limit=limit, ids=coco_ids, on_chunk=advance,
+                                   image_column=image_column, keep_columns=_keep(keep_columns))
         except Exception as e:
             from workers.models.errors import ModelMissingError
 
@@ -213,7 +227,8 @@ def run(
 @app.command()
 def submit(
     inputs: Annotated[Optional[list[str]], typer.Argument(help="Files, folders, globs, JSONL/CSV "
-                                                          "manifests, s3:// prefixes.")] = None,
+                                                          "manifests, s3:// prefixes, WebDataset "
+                                                          "shards, Parquet.")] = None,
     batch: Annotated[Optional[str], typer.Option("--batch", "-b", help="Batch name.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Show progress until the batch ends.")]
     = False,
@@ -225,6 +240,7 @@ def submit(
     seed: Seed = 0, n: N = 1, strength: Strength = 0.75, coco: Coco = None, images: Images = None,
     limit: Limit = None, ids: Ids = None, vqa_backend: VqaBackend = None, model: Model = None,
     no_reuse: NoReuse = False,
+    image_column: ImageColumn = None, keep_columns: KeepColumns = None,
 ):
     """Submit a batch to the worker pools (needs a broker: ITX_BROKER_URL)."""
     from orchestrator.batch import BatchError
@@ -247,7 +263,8 @@ def submit(
     t0 = time.time()
     try:
         b = submit_batch(inputs or [], spec, name=batch, chunk=chunk, resume=resume, coco=coco,
-                         images=images, limit=limit, ids=_ids(ids))
+                         images=images, limit=limit, ids=_ids(ids), image_column=image_column,
+                         keep_columns=_keep(keep_columns))
     except BatchError as e:
         fail(str(e))
     except Exception as e:  # broker down, store unreachable: one line, not a traceback

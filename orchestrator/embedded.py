@@ -14,10 +14,12 @@ from workers.spec import PipelineSpec
 def run(inputs: Iterable[str] | str, spec: PipelineSpec | None = None, out: str | Path = "out",
         *, batch: str = "run", chunk: int | None = None, coco: str | None = None,
         images: str | None = None, limit: int | None = None, ids: list[int] | None = None,
-        on_chunk: Callable[[int], None] | None = None) -> list[dict]:
+        on_chunk: Callable[[int], None] | None = None, image_column: str | None = None,
+        keep_columns: list[str] | None = None) -> list[dict]:
     """Run the pipeline over ``inputs`` in this process; write ``out/manifest.jsonl`` and the
     images under ``out/``; return the result records in input order. ``on_chunk(n)`` is
-    called after each chunk of ``n`` items."""
+    called after each chunk of ``n`` items. ``image_column``/``keep_columns``: for Parquet
+    inputs (the image column, and the columns kept as each record's ``meta``)."""
     from orchestrator import ops
     from orchestrator.batch import Batch
     from orchestrator.submit import submit
@@ -48,7 +50,8 @@ def run(inputs: Iterable[str] | str, spec: PipelineSpec | None = None, out: str 
             counted = (lambda c: on_chunk(len(c.items))) if on_chunk else None
             t0 = time.time()
             b = submit(inputs, spec, name=batch, chunk=chunk, coco=coco, images=images,
-                       limit=limit, ids=ids, store=store, app=app, order=order, on_chunk=counted)
+                       limit=limit, ids=ids, store=store, app=app, order=order, on_chunk=counted,
+                       image_column=image_column, keep_columns=keep_columns)
             records = list(b.results(order))
             ops.auto_gc(b, {"complete": len(records) == len(order)})  # ITX_AUTO_GC
     finally:

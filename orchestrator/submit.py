@@ -28,7 +28,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from orchestrator.batch import Batch, BatchError
-from orchestrator.http import InputError, fetch_http
+from orchestrator.inputs.http import InputError, fetch_http
 from orchestrator.inputs import InputItem, iter_inputs
 from workers.records import Chunk, Item
 from workers.settings import get_settings
@@ -45,17 +45,33 @@ def item_id(content: str, spec_fp: str, item: InputItem) -> str:
     return _sha(content, spec_fp, item.questions, item.edit)
 
 
+def known_id(item: InputItem, spec_fp: str) -> str | None:
+    """A shard sample's or table row's id, known before reading it: it comes from (shard or
+    file, key or row), so resume skips done items without any I/O."""
+    return item_id(item.ident, spec_fp, item) if item.ident and not item.error else None
+
+
 # --- staging: inputs -> items in the store -------------------------------------------------
-def stage_item(item: InputItem, store, spec_fp: str) -> Item:
-    """Put one input into the store (skipping objects already there); return the chunk item."""
+def stage_item(item: InputItem, store, spec_fp: str, done: set | None = None) -> Item:
+    """Put one input into the store (skipping objects already there); return the chunk item.
+    An item whose id is known up front and in ``done`` is not staged at all."""
     s = get_settings()
     extra = {k: v for k, v in (("questions", item.questions), ("edit", item.edit),
-                                ("coco_id", item.coco_id), ("file_name", item.file_name)) if v}
+                                ("coco_id", item.coco_id), ("file_name", item.file_name),
+                                ("meta", item.meta)) if v}
+    if done and (kid := known_id(item, spec_fp)) in done:  # a dataset sample already done
+        return Item(id=kid, source=item.source, **extra)
     try:
         if item.error:
-            raise InputError(*item.error.split(": ", 1)) if ": " in item.error else InputError("bad_input",
-                                                                                   item.error)
-        if item.path is not None:
+            kind, sep, msg = item.error.partition(": ")
+            raise InputError(kind, msg) if sep else InputError("bad_input", item.error)
+        if item.data is not None:  # bytes read from a shard or a table cell
+            if len(item.data) > s.max_image_bytes:
+                raise InputError("file_too_large",
+                                 f"{len(item.data)} bytes is over the limit of {s.max_image_bytes}")
+            uri, _ = store.put_content(item.data, item.ext or ".bin")
+            content = uri.rsplit("/", 1)[-1]
+        elif item.path is not None:
             p = item.path
             if not p.exists():
                 raise InputError("not_found", f"no such file {str(p)!r}")
@@ -97,16 +113,20 @@ def stage_item(item: InputItem, store, spec_fp: str) -> Item:
     except OSError as e:
         return Item(id=_sha("error", item.source, spec_fp), source=item.source,
                     error=f"unreadable: {e}", **extra)
-    return Item(id=item_id(content, spec_fp, item), source=item.source, image=uri, **extra)
+    return Item(id=known_id(item, spec_fp) or item_id(content, spec_fp, item),
+                source=item.source, image=uri, **extra)
 
 
 _HANDOFF = 64  # items the stager takes from the input thread at a time, at most
 
 
-def _no_io(item: InputItem, store) -> bool:
-    """Staging ``item`` reads and writes nothing: an error, or an s3:// object in the store."""
-    if item.error:
+def _no_io(item: InputItem, store, done=None, spec_fp="") -> bool:
+    """Staging ``item`` reads and writes nothing: an error, a dataset sample already done, or
+    an s3:// object in the store."""
+    if item.error or (done and known_id(item, spec_fp) in done):
         return True
+    if item.data is not None:
+        return False
     if item.path is not None or not (item.uri or "").startswith("s3://"):
         return False
     try:
@@ -140,7 +160,8 @@ _END = object()
 
 
 def stage_items(items: Iterable[InputItem], store, spec_fp: str, threads: int = 16,
-                window: int = 256, tick: float = 0.5) -> Iterator[Item | None]:
+                window: int = 256, tick: float = 0.5,
+                done: set | None = None) -> Iterator[Item | None]:
     """Upload in parallel and yield chunk items in input order as soon as each is ready.
 
     At most ``window`` items are in flight, so memory stays flat. Inputs are read in a thread,
@@ -185,10 +206,10 @@ def stage_items(items: Iterable[InputItem], store, spec_fp: str, threads: int = 
                     ended = True
                 elif isinstance(it, _Raised):
                     raise it.exc
-                elif _no_io(it, store):  # already in the store: staged here, no upload
-                    inflight.append(_Done(stage_item(it, store, spec_fp)))
+                elif _no_io(it, store, done, spec_fp):  # in the store: staged here, no upload
+                    inflight.append(_Done(stage_item(it, store, spec_fp, done)))
                 else:
-                    inflight.append(pool.submit(stage_item, it, store, spec_fp))
+                    inflight.append(pool.submit(stage_item, it, store, spec_fp, done))
 
 
 def new_batch_name() -> str:
@@ -279,7 +300,8 @@ def submit(inputs: Iterable[str], spec: PipelineSpec, *, name: str | None = None
            chunk: int | None = None, resume: bool = False, coco: str | None = None,
            images: str | None = None, limit: int | None = None, ids: list[int] | None = None,
            store=None, app=None, on_chunk: Callable[[Chunk], None] | None = None,
-           order: list | None = None, flush_after: float = 2.0) -> Batch:
+           order: list | None = None, flush_after: float = 2.0,
+           image_column: str | None = None, keep_columns: list[str] | None = None) -> Batch:
     """Stream inputs into the store and enqueue one canvas per chunk, as chunks form.
 
     Items that already have a result record in this batch are not submitted again.
@@ -310,6 +332,7 @@ def submit(inputs: Iterable[str], spec: PipelineSpec, *, name: str | None = None
             inputs = meta["inputs"]
             coco, images = meta.get("coco"), meta.get("images")
             limit, ids = meta.get("limit"), meta.get("ids")
+            image_column, keep_columns = meta.get("image_column"), meta.get("keep_columns")
         chunk = chunk or meta.get("chunk")
         done = batch.result_ids()
         nchunk = sum(1 for _ in store.list(f"{batch.prefix}/chunks/"))
@@ -321,10 +344,12 @@ def submit(inputs: Iterable[str], spec: PipelineSpec, *, name: str | None = None
         store.put_json(f"{batch.prefix}/batch.json", {
             "name": name, "spec": spec.model_dump(mode="json"), "inputs": inputs, "coco": coco,
             "images": images, "limit": limit, "ids": ids, "chunk": chunk or s.chunk_size,
+            "image_column": image_column, "keep_columns": keep_columns,
             "store": store.uri, "created": time.time()})
     chunk = chunk or s.chunk_size
     fp = spec.fingerprint()
-    items = iter_inputs(inputs, coco=coco, images=images, limit=limit, ids=ids)
+    items = iter_inputs(inputs, coco=coco, images=images, limit=limit, ids=ids,
+                        image_column=image_column, keep_columns=keep_columns)
     buf: list[Item] = []
     seen: set[str] = set()
     # new for every submission: workers cache the chunks they read under (ledger key, nonce)
@@ -350,7 +375,7 @@ def submit(inputs: Iterable[str], spec: PipelineSpec, *, name: str | None = None
     sender = None if app.conf.task_always_eager else _Sender(batch, chunk_canvas)
     try:
         last_flush = time.monotonic()
-        for it in stage_items(items, store, fp):
+        for it in stage_items(items, store, fp, done=done):
             if it is None:  # the input is slow: do not hold a partial chunk back for long
                 if buf and time.monotonic() - last_flush > flush_after:
                     flush()

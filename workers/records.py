@@ -41,6 +41,7 @@ class Item(_Model):
     coco_id: int | None = None
     file_name: str | None = None
     prior_attempts: int | None = None  # `itx retry`: the attempts of the record it replaces
+    meta: dict[str, Any] | None = None  # a dataset sample's key, shard and kept columns
 
 
 class Pointer(_Model):
@@ -124,15 +125,16 @@ class ResultRecord(_Model):
     coco_id: int | None = None
     file_name: str | None = None
     reused: list[str] = Field(default_factory=list)  # "stage:backend" taken from an earlier run
+    meta: dict[str, Any] | None = None  # dataset inputs: key, shard, kept columns (capped)
 
     @classmethod
     def of(cls, item: Item) -> "ResultRecord":
         return cls(id=item.id, source=item.source, image=item.image, error=item.error,
-                   coco_id=item.coco_id, file_name=item.file_name)
+                   coco_id=item.coco_id, file_name=item.file_name, meta=item.meta)
 
     def dump(self) -> dict:
         d = self.model_dump(mode="json")
-        for k in ("coco_id", "file_name"):  # only where the input had them
+        for k in ("coco_id", "file_name", "meta"):  # only where the input had them
             if d.get(k) is None:
                 d.pop(k, None)
         return d

@@ -173,6 +173,18 @@ class FileStore(Store):
         os.replace(tmp, p)  # atomic: readers see the old or the new object, never half
         return self.url(self.key_of(key))
 
+    def put_content(self, data: bytes, ext: str, prefix: str = "inputs") -> tuple[str, bool]:
+        """As ``Store.put_content``, resolving the path once (staging calls this per item)."""
+        key = content_key(data, ext, prefix)
+        p = self._path(key)
+        if p.is_file():
+            return self.url(key), False
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, p)
+        return self.url(key), True
+
     def get(self, uri_or_key, max_bytes=None):
         p = self._path(uri_or_key)
         try:

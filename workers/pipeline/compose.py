@@ -63,7 +63,8 @@ def build_prompt(rec: ResultRecord, item: Item, chunk: Chunk) -> None:
     try:
         rules = spec.rules(extra_edits=item.edit, extra_questions=item.questions)
         texts = Texts(captions=rec.captions, ocr=rec.ocr.text if rec.ocr else "",
-                      vqa=rec.vqa, caption_model=spec.caption_for_prompt)
+                      vqa=rec.vqa, caption_model=spec.caption_for_prompt,
+                      meta=item.meta or {})
         prompt = apply_rules(rules, texts)
         if len(prompt) > limit:
             raise ItemError("prompt_too_long",

@@ -4,7 +4,9 @@ Rules apply in order to the prompt being built:
 
 ``template:TEXT``          replace the prompt with TEXT, filling placeholders
                            ``{caption}`` (the chosen captioner's), ``{caption:NAME}``,
-                           ``{ocr}``, ``{vqa:QUESTION}`` and ``{prompt}`` (the prompt so far)
+                           ``{ocr}``, ``{vqa:QUESTION}``, ``{prompt}`` (the prompt so far) and
+                           ``{meta:NAME}`` (the input's metadata: a dataset's ``caption``,
+                           ``key``, kept columns; empty where the item has no such field)
 ``replace:OLD=NEW``        replace whole words OLD with NEW (case-insensitive)
 ``regex:/PATTERN/REPL/FLAGS``  ``re.sub``; FLAGS from ``i``, ``m``, ``s``
 ``style:NAME``             append a named style (see ``STYLES``)
@@ -44,6 +46,7 @@ class Texts:
     ocr: str = ""
     vqa: dict[str, str] = field(default_factory=dict)
     caption_model: str | None = None  # whose caption {caption} means
+    meta: dict = field(default_factory=dict)  # the input's metadata (dataset inputs)
 
     def base_prompt(self) -> str:
         if self.caption_model and self.caption_model in self.captions:
@@ -115,6 +118,9 @@ def _fill(template: str, prompt: str, t: Texts) -> str:
             out.append(t.captions.get(v.split(":", 1)[1], ""))
         elif v.startswith("vqa:"):
             out.append(t.vqa.get(v.split(":", 1)[1], ""))
+        elif v.startswith("meta:"):
+            m = t.meta.get(v.split(":", 1)[1].strip())
+            out.append("" if m is None else str(m))
     return "".join(out)
 
 
@@ -149,9 +155,14 @@ def parse_rule(text: str, *, captioners: list[str] | None = None,
                     raise EditRuleError(f"template {arg!r}: {{{ph}}} asks {q!r}, which is not "
                                         f"among the VQA questions {questions}")
                 continue
+            if ph.startswith("meta:"):  # per item: a missing field fills in as empty
+                if not ph.split(":", 1)[1].strip():
+                    raise EditRuleError(f"template {arg!r}: {{meta:}} needs a field name, "
+                                        f"e.g. {{meta:caption}}")
+                continue
             raise EditRuleError(
                 f"template {arg!r}: unknown placeholder {{{ph}}}; use {{caption}}, "
-                f"{{caption:NAME}}, {{ocr}}, {{vqa:QUESTION}} or {{prompt}}")
+                f"{{caption:NAME}}, {{ocr}}, {{vqa:QUESTION}}, {{meta:NAME}} or {{prompt}}")
         return Rule("template", arg)
     if kind == "replace":
         old, eq, new = arg.partition("=")
