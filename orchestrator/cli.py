@@ -66,6 +66,12 @@ Images = Annotated[Optional[str], typer.Option("--images", help="Image root for 
 Limit = Annotated[Optional[int], typer.Option("--limit", help="Only the first N items.")]
 Ids = Annotated[Optional[str], typer.Option("--ids", help="COCO image ids, comma-separated.")]
 Chunk = Annotated[Optional[int], typer.Option("--chunk", help="Items per chunk (task).")]
+Score = Annotated[bool, typer.Option("--score", help="Reference-free scores in every record: "
+                                     "CLIPScore of captions, prompt and outputs, source/output "
+                                     "similarity, OCR read-back.")]
+CaptionForPrompt = Annotated[Optional[str], typer.Option(
+    "--caption-for-prompt", help="Whose caption the prompt starts from: a captioner, or 'best' "
+                                 "(the highest CLIPScore for that image).")]
 
 
 def _models(model: list[str] | None) -> dict[str, str]:
@@ -79,7 +85,7 @@ def _models(model: list[str] | None) -> dict[str, str]:
 
 
 def make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength,
-              vqa_backend=None, model=None):
+              vqa_backend=None, model=None, score=False, caption_for_prompt=None):
     from pydantic import ValidationError
 
     from workers.settings import get_settings
@@ -98,7 +104,8 @@ def make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed,
         spec = PipelineSpec(profile=profile, captioners=caps, ocr=ocr, vqa=vqa or [],
                             vqa_backend=vqa_backend, models=_models(model),
                             edits=edit or [], generator=generator, steps=steps, size=size,
-                            seed=seed, n=n, strength=strength)
+                            seed=seed, n=n, strength=strength, score=score,
+                            caption_for_prompt=caption_for_prompt)
         s = get_settings()
         if n > s.max_outputs_per_item:
             fail(f"--n {n} is over the limit of {s.max_outputs_per_item} outputs per item "
@@ -149,7 +156,7 @@ def run(
     edit: Edit = None, generator: Generator = None, steps: Steps = None, size: Size = None,
     seed: Seed = 0, n: N = 1, strength: Strength = 0.75, coco: Coco = None, images: Images = None,
     limit: Limit = None, ids: Ids = None, chunk: Chunk = None, vqa_backend: VqaBackend = None,
-    model: Model = None,
+    model: Model = None, score: Score = False, caption_for_prompt: CaptionForPrompt = None,
 ):
     """Run the whole pipeline in this process (no broker, no server) and write OUT/manifest.jsonl."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -161,7 +168,7 @@ def run(
     if not inputs and not coco:
         fail("give at least one input (file, folder, glob, manifest, s3:// prefix) or --coco")
     spec = make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength,
-                     vqa_backend, model)
+                     vqa_backend, model, score, caption_for_prompt)
     _note_profile(spec)
     t0 = time.time()
     _preflight(spec)
@@ -215,6 +222,7 @@ def submit(
     edit: Edit = None, generator: Generator = None, steps: Steps = None, size: Size = None,
     seed: Seed = 0, n: N = 1, strength: Strength = 0.75, coco: Coco = None, images: Images = None,
     limit: Limit = None, ids: Ids = None, vqa_backend: VqaBackend = None, model: Model = None,
+    score: Score = False, caption_for_prompt: CaptionForPrompt = None,
 ):
     """Submit a batch to the worker pools (needs a broker: ITX_BROKER_URL)."""
     from orchestrator.batch import BatchError
@@ -225,7 +233,7 @@ def submit(
     if resume and not batch:
         fail("--resume needs --batch NAME")
     spec = make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength,
-                     vqa_backend, model)
+                     vqa_backend, model, score, caption_for_prompt)
     t0 = time.time()
     try:
         b = submit_batch(inputs or [], spec, name=batch, chunk=chunk, resume=resume, coco=coco,
