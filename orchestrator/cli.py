@@ -433,18 +433,31 @@ def eval_cmd(
     vqa_questions: Annotated[Optional[Path], typer.Option(
         "--vqa-questions", help="VQA-format questions file (with --vqa-annotations).")] = None,
 ):
-    """Caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE) against COCO references,
-    and VQA accuracy."""
+    """Reference-free score statistics (records from --score: mean, median, p10, p90, per
+    captioner); with --coco caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE,
+    RefCLIPScore) against COCO references; VQA accuracy."""
     from orchestrator.evaluate import caption_metrics, format_table, vqa_accuracy
+    from orchestrator.scores import format_summary, ref_clip_scores, summary
 
-    if not coco and not vqa_annotations:
-        fail("give --coco ANNOTATIONS and/or --vqa-annotations FILE")
     records, _ = _records_of(manifest)
+    scored = summary(records)
+    if not coco and not vqa_annotations and not scored["items"]:
+        fail("the records have no scores (run with --score); or give --coco ANNOTATIONS "
+             "and/or --vqa-annotations FILE")
     result: dict = {}
     try:
         if coco:
             result = caption_metrics(records, coco)
+            if scored["items"]:
+                for c, v in ref_clip_scores(records, coco).items():
+                    if c == "skipped":
+                        result["skipped"].update(v)
+                    else:
+                        result.setdefault(c, {})["RefCLIPScore"] = v["RefCLIPScore"]
             out_console.print(format_table(result))
+        if scored["items"]:
+            result["scores"] = scored
+            out_console.print(format_summary(scored))
         if vqa_annotations:
             acc = vqa_accuracy(records, vqa_annotations, vqa_questions)
             result["vqa"] = acc
@@ -464,9 +477,16 @@ def report(
     page_size: Annotated[int, typer.Option("--page-size", help="Cards per page.")] = 100,
     max_sheet: Annotated[int, typer.Option("--sheet-items", help="Items on the contact sheet.")]
     = 64,
+    sort: Annotated[Optional[str], typer.Option("--sort", help="A score key (e.g. "
+                    "clip-i:output:0): the contact sheet's order and the gallery's first one, "
+                    "highest first.")] = None,
+    ascending: Annotated[bool, typer.Option("--ascending", help="With --sort: lowest first.")]
+    = False,
 ):
-    """An HTML gallery (one card per item, paginated) and a contact-sheet PNG."""
-    from orchestrator.report import contact_sheet, default_resolver, write_report
+    """An HTML gallery (one card per item, paginated; sort and filter by any score), a
+    contact-sheet PNG and, for scored records, a PNG of the score distributions."""
+    from orchestrator.report import contact_sheet, default_resolver, score_plot, write_report
+    from orchestrator.scores import score_keys
     from workers.storage import open_store
 
     records, store_uri = _records_of(source)
@@ -482,10 +502,20 @@ def report(
                 b = uri[5:].split("/", 1)[0]
                 return open_store(f"s3://{b}").presign(uri)
             return local(uri)
-    sheet, grid = contact_sheet(records, out / "contact-sheet.png", max_items=max_sheet)
+    keys = score_keys(records)
+    if sort and sort not in keys:
+        fail(f"--sort {sort!r}: no record has that score; the records have "
+             f"{', '.join(keys) or 'no scores (run with --score)'}")
+    sheet, grid = contact_sheet(records, out / "contact-sheet.png", max_items=max_sheet,
+                                sort_by=sort, ascending=ascending)
+    plot = score_plot(records, out / "scores.png")
+    if plot is None and (out / "scores.png").exists():  # from an earlier, scored report
+        (out / "scores.png").unlink()
     index = write_report(records, out, resolve_image=resolver, page_size=page_size,
-                         contact_sheet="contact-sheet.png")
-    out_console.print(f"{len(records)} items -> {index} (contact sheet {grid[0]}x{grid[1]}: {sheet})")
+                         contact_sheet="contact-sheet.png", plot=plot and plot.name,
+                         sort_by=sort, ascending=ascending)
+    out_console.print(f"{len(records)} items -> {index} (contact sheet {grid[0]}x{grid[1]}: {sheet}"
+                      + (f", score distributions: {plot})" if plot else ")"))
 
 
 def main():
