@@ -214,7 +214,7 @@ def scored_runs(inputs, tmp_path_factory):
         out = tmp_path_factory.mktemp(f"run{chunk}")
         r = itx("run", str(inputs), "--out", str(out), *OPTS, "--chunk", chunk)
         assert r.returncode == 0, r.stdout + r.stderr[-3000:]
-        outs.append(manifest(out))
+        outs.append(out)
     return outs
 
 
@@ -236,7 +236,7 @@ def check_scored(rec: dict, n: int = 2) -> None:
 
 
 def test_itx_run_score_embedded(scored_runs):
-    recs = scored_runs[0]
+    recs = manifest(scored_runs[0])
     assert len(recs) == 3
     for rec in recs:
         check_scored(rec)
@@ -252,13 +252,71 @@ def test_itx_run_score_embedded(scored_runs):
 
 
 def test_scores_are_deterministic_across_chunkings(scored_runs):
-    a, b = ({r["id"]: r for r in recs} for recs in scored_runs)
+    a, b = ({r["id"]: r for r in manifest(out)} for out in scored_runs)
     assert a.keys() == b.keys()
     for i in a:
         assert a[i]["scores"].keys() == b[i]["scores"].keys()
         for k, v in a[i]["scores"].items():
             assert b[i]["scores"][k] == pytest.approx(v, abs=1e-4), k
         assert a[i]["prompt_caption"] == b[i]["prompt_caption"]
+
+
+def test_itx_eval_scores_and_refclipscore(scored_runs, clip, tmp_path):
+    out = scored_runs[0]
+    recs = manifest(out)
+    r = itx("eval", str(out / "manifest.jsonl"), "--json", str(tmp_path / "m.json"))
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert "clip-i:output" in r.stdout and "median" in r.stdout and "Captioners" in r.stdout
+    got = json.loads((tmp_path / "m.json").read_text())["scores"]
+    vals = [v for rec in recs for k, v in rec["scores"].items() if k.startswith("clip-i:output:")]
+    st = got["scores"]["clip-i:output"]
+    assert st["n"] == 6 and st["mean"] == pytest.approx(np.mean(vals), abs=1e-4)
+    assert st["p10"] == pytest.approx(np.percentile(vals, 10), abs=1e-4)
+    assert st["p90"] == pytest.approx(np.percentile(vals, 90), abs=1e-4)
+    assert st["median"] == pytest.approx(np.median(vals), abs=1e-4)
+    caps = got["captioners"]
+    assert set(caps) == {"blip", "git"}
+    assert sum(c["best"] for c in caps.values()) == 3  # each item's winner, counted once
+    blip = [rec["scores"]["clip:caption:blip"] for rec in recs]
+    assert caps["blip"]["clip"]["mean"] == pytest.approx(np.mean(blip), abs=1e-4)
+
+    # with --coco: RefCLIPScore = harmonic mean of CLIPScore and the best reference cosine
+    refs = {"sign.png": ["a sign that says open", "a shop sign"], "coffee.jpg": ["a cup of coffee"],
+            "astronaut.png": ["a woman in a space suit", "an astronaut", "a portrait"]}
+    ann = {"images": [{"id": i + 1, "file_name": f} for i, f in enumerate(refs)],
+           "annotations": [{"id": 100 * (i + 1) + j, "image_id": i + 1, "caption": c}
+                           for i, f in enumerate(refs) for j, c in enumerate(refs[f])]}
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    r = itx("eval", str(out / "manifest.jsonl"), "--coco", str(tmp_path / "ann.json"),
+            "--json", str(tmp_path / "c.json"))
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert "RefCLIPScore" in r.stdout
+    metrics = json.loads((tmp_path / "c.json").read_text())
+    from workers.stages.score.clip import cosine
+
+    for c in ("blip", "git"):
+        want = []
+        for rec in recs:
+            cap = clip.run([rec["captions"][c]], kind="text")[0]
+            ref = max(max(cosine(cap, e) for e in clip.run(refs[Path(rec["source"]).name],
+                                                            kind="text")), 0.0)
+            cs = rec["scores"][f"clip:caption:{c}"]
+            want.append(0.0 if cs + ref == 0 else 2 * cs * ref / (cs + ref))
+        assert metrics[c]["RefCLIPScore"] == pytest.approx(np.mean(want), abs=1e-4)
+        assert "Bleu_1" in metrics[c]
+
+
+def test_itx_report_of_a_scored_run(scored_runs, tmp_path):
+    out = scored_runs[0]
+    r = itx("report", str(out / "manifest.jsonl"), "--out", str(tmp_path / "rep"),
+            "--sort", "clip-i:output:0")
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    page = (tmp_path / "rep/index.html").read_text()
+    assert page.count("<h3>Scores</h3>") == 3 and '<option value="clip-i:output:0" selected>' in page
+    assert Image.open(tmp_path / "rep/scores.png").size[0] > 600
+    assert Image.open(tmp_path / "rep/contact-sheet.png").size[1] == 3 * (192 + 48)
+    r = itx("report", str(out / "manifest.jsonl"), "--out", str(tmp_path / "rep"), "--sort", "nope")
+    assert r.returncode == 2 and "no record has that score" in r.stderr
 
 
 def test_flags_reach_the_records(inputs, flagging_sd, tmp_path):

@@ -14,8 +14,14 @@ PATCH = 8
 
 
 def build_clip(out: Path) -> None:
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor,
-                              CLIPTextConfig, CLIPVisionConfig)
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTextConfig,
+        CLIPVisionConfig,
+    )
 
     from workers.models.tiny.diffusion import _MAX_TOKENS, _clip_tokenizer
 
