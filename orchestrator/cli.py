@@ -83,6 +83,12 @@ KeepColumns = Annotated[Optional[str], typer.Option(
 
 def _keep(v: str | None) -> list[str] | None:
     return None if v is None else [c.strip() for c in v.split(",") if c.strip()]
+Score = Annotated[bool, typer.Option("--score", help="Reference-free scores in every record: "
+                                     "CLIPScore of captions, prompt and outputs, source/output "
+                                     "similarity, OCR read-back.")]
+CaptionForPrompt = Annotated[Optional[str], typer.Option(
+    "--caption-for-prompt", help="Whose caption the prompt starts from: a captioner, or 'best' "
+                                 "(the highest CLIPScore for that image).")]
 
 
 def _models(model: list[str] | None) -> dict[str, str]:
@@ -96,7 +102,7 @@ def _models(model: list[str] | None) -> dict[str, str]:
 
 
 def make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength,
-              vqa_backend=None, model=None):
+              vqa_backend=None, model=None, score=False, caption_for_prompt=None):
     from pydantic import ValidationError
 
     from workers.settings import get_settings
@@ -115,7 +121,8 @@ def make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed,
         spec = PipelineSpec(profile=profile, captioners=caps, ocr=ocr, vqa=vqa or [],
                             vqa_backend=vqa_backend, models=_models(model),
                             edits=edit or [], generator=generator, steps=steps, size=size,
-                            seed=seed, n=n, strength=strength)
+                            seed=seed, n=n, strength=strength, score=score,
+                            caption_for_prompt=caption_for_prompt)
         s = get_settings()
         if n > s.max_outputs_per_item:
             fail(f"--n {n} is over the limit of {s.max_outputs_per_item} outputs per item "
@@ -168,7 +175,8 @@ def run(
     edit: Edit = None, generator: Generator = None, steps: Steps = None, size: Size = None,
     seed: Seed = 0, n: N = 1, strength: Strength = 0.75, coco: Coco = None, images: Images = None,
     limit: Limit = None, ids: Ids = None, chunk: Chunk = None, vqa_backend: VqaBackend = None,
-    model: Model = None, no_reuse: NoReuse = False,
+    model: Model = None, no_reuse: NoReuse = False, score: Score = False,
+    caption_for_prompt: CaptionForPrompt = None,
     image_column: ImageColumn = None, keep_columns: KeepColumns = None,
 ):
     """Run the whole pipeline in this process (no broker, no server) and write OUT/manifest.jsonl."""
@@ -181,7 +189,7 @@ def run(
     if not inputs and not coco:
         fail("give at least one input (file, folder, glob, manifest, s3:// prefix) or --coco")
     spec = make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength,
-                     vqa_backend, model)
+                     vqa_backend, model, score, caption_for_prompt)
     if no_reuse:
         spec = spec.model_copy(update={"reuse": False})
     _note_profile(spec)
@@ -239,7 +247,7 @@ def submit(
     edit: Edit = None, generator: Generator = None, steps: Steps = None, size: Size = None,
     seed: Seed = 0, n: N = 1, strength: Strength = 0.75, coco: Coco = None, images: Images = None,
     limit: Limit = None, ids: Ids = None, vqa_backend: VqaBackend = None, model: Model = None,
-    no_reuse: NoReuse = False,
+    no_reuse: NoReuse = False, score: Score = False, caption_for_prompt: CaptionForPrompt = None,
     image_column: ImageColumn = None, keep_columns: KeepColumns = None,
 ):
     """Submit a batch to the worker pools (needs a broker: ITX_BROKER_URL)."""
@@ -251,7 +259,7 @@ def submit(
     if resume and not batch:
         fail("--resume needs --batch NAME")
     spec = make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength,
-                     vqa_backend, model)
+                     vqa_backend, model, score, caption_for_prompt)
     from workers.models.trust import ModelNotAllowedError, check_spec
 
     try:  # the workers refuse them too; here it is one line before anything is sent
@@ -570,18 +578,31 @@ def eval_cmd(
     vqa_questions: Annotated[Optional[Path], typer.Option(
         "--vqa-questions", help="VQA-format questions file (with --vqa-annotations).")] = None,
 ):
-    """Caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE) against COCO references,
-    and VQA accuracy."""
+    """Reference-free score statistics (records from --score: mean, median, p10, p90, per
+    captioner); with --coco caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE,
+    RefCLIPScore) against COCO references; VQA accuracy."""
     from orchestrator.evaluate import caption_metrics, format_table, vqa_accuracy
+    from orchestrator.scores import format_summary, ref_clip_scores, summary
 
-    if not coco and not vqa_annotations:
-        fail("give --coco ANNOTATIONS and/or --vqa-annotations FILE")
     records, _ = _records_of(manifest)
+    scored = summary(records)
+    if not coco and not vqa_annotations and not scored["items"]:
+        fail("the records have no scores (run with --score); or give --coco ANNOTATIONS "
+             "and/or --vqa-annotations FILE")
     result: dict = {}
     try:
         if coco:
             result = caption_metrics(records, coco)
+            if scored["items"]:
+                for c, v in ref_clip_scores(records, coco).items():
+                    if c == "skipped":
+                        result["skipped"].update(v)
+                    else:
+                        result.setdefault(c, {})["RefCLIPScore"] = v["RefCLIPScore"]
             out_console.print(format_table(result))
+        if scored["items"]:
+            result["scores"] = scored
+            out_console.print(format_summary(scored))
         if vqa_annotations:
             acc = vqa_accuracy(records, vqa_annotations, vqa_questions)
             result["vqa"] = acc
@@ -601,9 +622,16 @@ def report(
     page_size: Annotated[int, typer.Option("--page-size", help="Cards per page.")] = 100,
     max_sheet: Annotated[int, typer.Option("--sheet-items", help="Items on the contact sheet.")]
     = 64,
+    sort: Annotated[Optional[str], typer.Option("--sort", help="A score key (e.g. "
+                    "clip-i:output:0): the contact sheet's order and the gallery's first one, "
+                    "highest first.")] = None,
+    ascending: Annotated[bool, typer.Option("--ascending", help="With --sort: lowest first.")]
+    = False,
 ):
-    """An HTML gallery (one card per item, paginated) and a contact-sheet PNG."""
-    from orchestrator.report import contact_sheet, default_resolver, write_report
+    """An HTML gallery (one card per item, paginated; sort and filter by any score), a
+    contact-sheet PNG and, for scored records, a PNG of the score distributions."""
+    from orchestrator.report import contact_sheet, default_resolver, score_plot, write_report
+    from orchestrator.scores import score_keys
     from workers.storage import open_store
 
     records, store_uri = _records_of(source)
@@ -619,10 +647,20 @@ def report(
                 b = uri[5:].split("/", 1)[0]
                 return open_store(f"s3://{b}").presign(uri)
             return local(uri)
-    sheet, grid = contact_sheet(records, out / "contact-sheet.png", max_items=max_sheet)
+    keys = score_keys(records)
+    if sort and sort not in keys:
+        fail(f"--sort {sort!r}: no record has that score; the records have "
+             f"{', '.join(keys) or 'no scores (run with --score)'}")
+    sheet, grid = contact_sheet(records, out / "contact-sheet.png", max_items=max_sheet,
+                                sort_by=sort, ascending=ascending)
+    plot = score_plot(records, out / "scores.png")
+    if plot is None and (out / "scores.png").exists():  # from an earlier, scored report
+        (out / "scores.png").unlink()
     index = write_report(records, out, resolve_image=resolver, page_size=page_size,
-                         contact_sheet="contact-sheet.png")
-    out_console.print(f"{len(records)} items -> {index} (contact sheet {grid[0]}x{grid[1]}: {sheet})")
+                         contact_sheet="contact-sheet.png", plot=plot and plot.name,
+                         sort_by=sort, ascending=ascending)
+    out_console.print(f"{len(records)} items -> {index} (contact sheet {grid[0]}x{grid[1]}: {sheet}"
+                      + (f", score distributions: {plot})" if plot else ")"))
 
 
 def main():

@@ -127,7 +127,8 @@ def test_select_hub_files_keeps_what_pytorch_inference_loads():
 
 
 def test_optional_models_are_those_outside_the_default_pipeline():
-    assert set(profile_refs("base")) - set(required_refs("base")) == {"DeepFloyd/IF-I-M-v1.0"}
+    assert set(profile_refs("base")) - set(required_refs("base")) == {
+        "DeepFloyd/IF-I-M-v1.0", "openai/clip-vit-base-patch32"}  # IF is gated; CLIP: --score
     assert required_refs("base", "light") == profile_refs("base", "light")
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in required_refs("base", "heavy")
 
@@ -189,7 +190,7 @@ def test_pool_pull_skips_optional_models_missing_from_the_set(tmp_path, s3, buck
     uri = f"s3://{bucket}/models"
     push_models(src, uri)
     got = pull_models_from(uri, tmp_path / "heavy", profile="tiny-random", pool="heavy")
-    assert got.files == 1 and got.not_in_set == ["tiny-random/if"]
+    assert got.files == 1 and got.not_in_set == ["tiny-random/clip", "tiny-random/if"]
     assert (tmp_path / "heavy/tiny-random/sd/unet/w.safetensors").is_file()
     with pytest.raises(DistributionError, match="tiny-random/git"):  # a default captioner
         pull_models_from(uri, tmp_path / "light", profile="tiny-random", pool="light")

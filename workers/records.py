@@ -115,7 +115,15 @@ class ResultRecord(_Model):
     captions: dict[str, str] = Field(default_factory=dict)
     vqa: dict[str, str] = Field(default_factory=dict)
     prompt: str | None = None
+    # with caption_for_prompt=best: the captioner whose caption (highest CLIPScore) the
+    # prompt started from
+    prompt_caption: str | None = None
     outputs: list[str | None] = Field(default_factory=list)
+    # reference-free scores (--score): "clip:caption:<c>", "clip:prompt", "clip:output:<k>",
+    # "clip-i:output:<k>", "ocr-readback:output:<k>" (see workers.stages.score)
+    scores: dict[str, float] = Field(default_factory=dict)
+    # verdicts per generated image, e.g. the safety checker's "nsfw:output:<k>"
+    flags: dict[str, bool] = Field(default_factory=dict)
     models: dict[str, str] = Field(default_factory=dict)  # "stage:backend" -> ref
     timings_ms: dict[str, float | None] = Field(default_factory=dict)
     error: str | None = None
@@ -134,7 +142,7 @@ class ResultRecord(_Model):
 
     def dump(self) -> dict:
         d = self.model_dump(mode="json")
-        for k in ("coco_id", "file_name", "meta"):  # only where the input had them
+        for k in ("coco_id", "file_name", "meta", "prompt_caption"):  # only where they apply
             if d.get(k) is None:
                 d.pop(k, None)
         return d

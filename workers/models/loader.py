@@ -97,6 +97,8 @@ def needed_models(spec) -> list[tuple[str, str, str]]:
         need.append(("vqa", spec.vqa_backend))
     if spec.generator:
         need.append(("generate", spec.generator))
+    if getattr(spec, "scorer", None):  # --score or caption_for_prompt=best
+        need.append(("score", spec.scorer))
     return [(stage, name, spec.model_ref(stage, name)) for stage, name in need]
 
 

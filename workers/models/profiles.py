@@ -12,12 +12,13 @@ from workers.stages import table
 
 PROFILES: dict[str, dict] = {
     "base": {"ocr": "easyocr", "captioners": ["blip", "git", "vit-gpt2"], "vqa": "blip-vqa",
-             "generator": "sd", "size": "512x512", "steps": 25},
+             "generator": "sd", "size": "512x512", "steps": 25, "scorer": "clip"},
     "large": {"ocr": "easyocr", "captioners": ["blip", "git", "vit-gpt2"], "vqa": "blip-vqa",
-              "generator": "sd", "size": "1024x1024", "steps": 30},
+              "generator": "sd", "size": "1024x1024", "steps": 30, "scorer": "clip"},
     # small outputs and few steps: a smoke run of the whole cycle takes seconds
     "tiny-random": {"ocr": "rapidocr", "captioners": ["blip", "git", "vit-gpt2"],
-                    "vqa": "blip-vqa", "generator": "sd", "size": "64x64", "steps": 4},
+                    "vqa": "blip-vqa", "generator": "sd", "size": "64x64", "steps": 4,
+                    "scorer": "clip"},
 }
 
 

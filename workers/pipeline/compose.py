@@ -4,10 +4,12 @@ from __future__ import annotations
 import logging
 
 from workers.images import ItemError
+from workers.pipeline import score
 from workers.pipeline.run import header_stages, run_stage
 from workers.records import Chunk, ComposeState, Item, ResultRecord, StagePartial
 from workers.settings import get_settings
 from workers.stages import table
+from workers.stages.score import BEST
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,8 @@ def build_prompt(rec: ResultRecord, item: Item, chunk: Chunk) -> None:
     try:
         rules = spec.rules(extra_edits=item.edit, extra_questions=item.questions)
         texts = Texts(captions=rec.captions, ocr=rec.ocr.text if rec.ocr else "",
-                      vqa=rec.vqa, caption_model=spec.caption_for_prompt,
+                      vqa=rec.vqa, caption_model=rec.prompt_caption or (
+                          None if spec.caption_for_prompt == BEST else spec.caption_for_prompt),
                       meta=item.meta or {})
         prompt = apply_rules(rules, texts)
         if len(prompt) > limit:
@@ -92,7 +95,10 @@ def compose(partials: list[StagePartial], chunk: Chunk, attempts: int = 1,
         rec.attempts, rec.store_retries = attempts + (item.prior_attempts or 0), retried
         for p in partials:
             merge(rec, p)
+        records.append(rec)
+    src = score.score_captions(chunk.spec, records)  # --score, or the prompt needs `best`
+    for item, rec in zip(chunk.items, records):
         if not rec.error:
             build_prompt(rec, item, chunk)
-        records.append(rec)
+    score.score_prompts(chunk.spec, records, src)
     return ComposeState(batch=chunk.batch, chunk=chunk.chunk, spec=chunk.spec, records=records)

@@ -4,10 +4,12 @@ from __future__ import annotations
 from workers.images import ItemError
 from workers.pipeline.read import read_images
 from workers.pipeline.run import error_text, load, run_sliced
+from workers.pipeline.score import score_outputs
 from workers.pipeline.write import put_outputs
 from workers.records import ComposeState, Item, ResultRecord
 from workers.settings import get_settings
 from workers.stages import table
+from workers.stages.score import output_key
 
 
 def generate(state: ComposeState) -> None:
@@ -59,5 +61,9 @@ def _run(state: ComposeState, decl: table.Decl, todo: list[ResultRecord], source
             r.error = str(images)
         else:
             r.timings_ms[decl.key] = round(per, 1)
+            for k, flag in enumerate(getattr(images, "nsfw", None) or []):
+                if flag is not None:  # the safety checker's verdict (None: no checker)
+                    r.flags[output_key("nsfw", k)] = bool(flag)
             made.append((r, images))
+    score_outputs(spec, made)  # --score: while the images are in memory
     put_outputs(state.batch, made)

@@ -38,6 +38,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("caption", LIGHT, "captions", "captioner", keyed=True),
     Stage("vqa", LIGHT, "vqa", "VQA backend"),
     Stage("generate", HEAVY, "outputs", "generator", header=False),
+    # runs inside compose (captions, prompt) and generate (outputs), on the generator's pool
+    Stage("score", HEAVY, "scores", "scorer", keyed=True, header=False),
 )}
 
 # what a backend reads, besides its stage's own inputs
@@ -194,6 +196,12 @@ declare("generate", "if", "workers.stages.generate.deepfloyd_if:DeepFloydIF",
          "tiny-random": "tiny-random/if"},
         consumes=(PROMPT,), batch={"cpu": 4, "cuda": 8}, tiny=f"{_T}.diffusion:build_if",
         about="DeepFloyd IF (gated): pixel-space cascade, strong text rendering")
+
+declare("score", "clip", "workers.stages.score.clip:ClipScore",
+        {"base": "openai/clip-vit-base-patch32", "large": "openai/clip-vit-large-patch14",
+         "tiny-random": "tiny-random/clip"},
+        consumes=(IMAGE, PROMPT), batch={"cpu": 32, "cuda": 128}, tiny=f"{_T}.clip:build_clip",
+        about="CLIP: CLIPScore of captions, prompt and outputs; source/output similarity")
 
 _plugins()
 

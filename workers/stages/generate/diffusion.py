@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from workers.stages.base import Backend
-from workers.stages.generate import check_size, image_seed
+from workers.stages.generate import Images, check_size, image_seed
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +82,14 @@ class Diffusion(Backend):
                               strength=strength, guidance_scale=guidance_scale)
         with torch.inference_mode():
             res = self.pipe(**kw, generator=gens, output_type="pil")
-        self.warn_nsfw(getattr(res, "nsfw_content_detected", None)
-                       or getattr(res, "nsfw_detected", None))
-        # 4. n images per prompt
+        flags = getattr(res, "nsfw_content_detected", None)
+        if flags is None:
+            flags = getattr(res, "nsfw_detected", None)
+        self.warn_nsfw(flags)
+        # 4. n images per prompt, with the safety checker's verdicts (they go in the record)
         out = [self.finish(im, width, height) for im in res.images]
-        return [out[k:k + n] for k in range(0, len(out), n)]
+        flags = list(flags) if flags is not None else [None] * len(out)
+        return [Images(out[k:k + n], flags[k:k + n]) for k in range(0, len(out), n)]
 
     def prepare(self, images, width: int, height: int, strength: float):
         """Source images as the pipeline takes them (text-to-image: none)."""
