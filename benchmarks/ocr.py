@@ -141,7 +141,7 @@ def main(quick: bool = False) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    n_rapid = 4 if quick else 8
+    n_rapid = 3 if quick else 8
     n_easy = 2 if quick else 8
     easy_sides = [512] * n_easy if quick else SIDES[:n_easy]
     sides = {"rapidocr": SIDES[:n_rapid], "easyocr": easy_sides}
