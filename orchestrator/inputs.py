@@ -28,6 +28,7 @@ class InputItem:
     coco_id: int | None = None
     file_name: str | None = None
     error: str | None = None
+    manifest_dir: Path | None = None  # the manifest that named it: reads confined (confine.py)
 
 
 def is_image_name(name: str) -> bool:
@@ -77,7 +78,7 @@ def iter_manifest(path: Path) -> Iterator[InputItem]:
                     yield InputItem(source=f"{path}:{n}", error="bad_manifest: empty 'image' cell")
                     continue
                 yield _from_ref(row["image"], base, questions=_listish(row.get("questions")),
-                                edit=_listish(row.get("edit")))
+                                edit=_listish(row.get("edit")), manifest_dir=base)
         return
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -86,13 +87,15 @@ def iter_manifest(path: Path) -> Iterator[InputItem]:
             try:
                 row = json.loads(line)
                 ref = row["image"]
+                if not isinstance(ref, str) or not ref.strip():
+                    raise TypeError(ref)
             except (json.JSONDecodeError, KeyError, TypeError):
                 yield InputItem(source=f"{path}:{n}",
                                 error="bad_manifest: line is not a JSON object with an 'image' key")
                 continue
             yield _from_ref(str(ref), base, questions=_listish(row.get("questions")),
                             edit=_listish(row.get("edit")),
-                            coco_id=row.get("coco_id"))
+                            coco_id=row.get("coco_id"), manifest_dir=base)
 
 
 def iter_folder(root: Path) -> Iterator[InputItem]:

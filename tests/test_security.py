@@ -183,7 +183,8 @@ def sec(model_dir, tmp_path_factory):
            "ITX_REDIS_SSL_CA_CERTS": certs["ca"], "ITX_STORE": root.as_uri(),
            "ITX_PROFILE": "tiny-random", "ITX_MODEL_DIR": str(model_dir), "ITX_DEVICE": "cpu",
            "HF_HUB_OFFLINE": "1", "ITX_LIGHT_TIME_LIMIT": "60",
-           "ITX_HTTP_ALLOW_HOSTS": '["127.0.0.1"]', "ITX_HTTP_MAX_BYTES": "20000",
+           "ITX_HTTP_ALLOW_HOSTS": f'["http://127.0.0.1:{site.port}"]',
+           "ITX_HTTP_ALLOW_PRIVATE": "true", "ITX_HTTP_MAX_BYTES": "20000",
            "ITX_HTTP_TIMEOUT_S": "1.5"}
     w = Worker("light", env, "light-sec")
     try:

@@ -12,7 +12,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
 from workers.app import app
-from workers.pipeline.compose import compose as pipeline_compose
+from workers.pipeline.compose import compose as pipeline_compose, timed_out
 from workers.pipeline.generate import generate as pipeline_generate
 from workers.pipeline.read import hand_on, load_chunk, load_partial, load_state
 from workers.pipeline.run import run_stage
@@ -88,8 +88,11 @@ def stage(self, msg: dict, stage: str, name: str) -> dict:
 def compose(self, partials: list[dict], msg: dict) -> dict:
     r0 = store_retries()
     chunk = load_chunk(msg)
-    state = pipeline_compose([load_partial(p) for p in partials or []], chunk,
-                             attempts=self.attempt)
+    try:
+        state = pipeline_compose([load_partial(p) for p in partials or []], chunk,
+                                 attempts=self.attempt)
+    except SoftTimeLimitExceeded:  # e.g. edit rules: every item still gets its record
+        return finish(timed_out(chunk, "compose", self.attempt))
     retried = store_retries() - r0
     for r in state.records:
         r.store_retries += retried

@@ -24,6 +24,9 @@ class BlipVQA(Backend):
         self.model = load_model(ref, device, dtype, auto_cls=BlipForQuestionAnswering)
         _, self.image_processor, self.tokenizer = load_processing(ref)
         self.image_kw = image_kwargs(self.image_processor, device)
+        positions = getattr(getattr(self.model.config, "text_config", None),
+                            "max_position_embeddings", None) or 512
+        self.max_question_tokens = min(int(self.tokenizer.model_max_length or positions), positions)
 
     @torch.inference_mode()
     def __call__(self, images: list[Image.Image], questions: list[list[str]] | None = None,
@@ -38,7 +41,9 @@ class BlipVQA(Backend):
         pixels = self.image_processor(rgb(images), return_tensors="pt", **self.image_kw)
         pixels = to_device(pixels, self.device, self.dtype)["pixel_values"]
         idx = torch.tensor([i for i, _ in pairs], device=self.device)
-        text = self.tokenizer([q for _, q in pairs], padding=True, return_tensors="pt")
+        # a question longer than the text encoder takes is cut at its limit, not an error
+        text = self.tokenizer([q for _, q in pairs], padding=True, truncation=True,
+                              max_length=self.max_question_tokens, return_tensors="pt")
         # 3. one generate call for every pair
         kw = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
               "do_sample": False, **generate_kwargs}
