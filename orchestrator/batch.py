@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 from orchestrator.names import check_name
 from workers.records import ResultRecord
-from workers.storage import StoreError, open_store
+from workers.storage import NotFoundError, StoreError, open_store
 
 
 class BatchError(RuntimeError):
@@ -51,7 +51,7 @@ class Batch:
     def meta(self) -> dict:
         try:
             return self.store.get_json(f"{self.prefix}/batch.json")
-        except StoreError:
+        except NotFoundError:  # other store errors (unreachable, denied) say so themselves
             raise BatchError(f"no batch {self.name!r} in {self.store.uri}") from None
 
     def submitted_ids(self) -> list[str]:

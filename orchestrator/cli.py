@@ -280,7 +280,7 @@ def submit(
     if st["pending"]:
         console.print(f"[yellow]{st['pending']} items have no record yet.[/] Continue with "
                       f"`itx submit --batch {b.name} --resume --wait` (it submits exactly those), "
-                      f"or look with `itx status {b.name}`.", highlight=False)
+                      f"or look with `itx status {b.name}`.", highlight=False, soft_wrap=True)
         raise typer.Exit(PENDING)
     raise typer.Exit(1 if st["failed"] else 0)
 
