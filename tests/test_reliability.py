@@ -291,3 +291,116 @@ def test_the_queue_list_keda_reads_grows_with_a_batch(rl):
     assert client.llen("light") == 6  # one caption task per chunk; none consumed yet
     assert client.llen("heavy") == 0  # compose and generate follow once captions are done
     client.flushdb()
+
+
+# --- caches bounded by bytes: a light worker's memory plateaus -----------------------------------
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except FileNotFoundError:
+        pass
+    return 0
+
+
+def test_a_light_workers_memory_plateaus_over_a_stream_of_large_images(rl, tmp_path):
+    import threading
+
+    store = tmp_path / "store"
+    env = env_for(rl, 12, store, ITX_IMAGE_CACHE_BYTES=str(64 << 20),
+                  ITX_OBJECT_CACHE_BYTES=str(4 << 20))
+    d = tmp_path / "big"
+    d.mkdir()
+    n, (wd, ht) = 60, (2400, 1800)  # 4.3 MP each, 13 MB decoded: allowed (ITX_MAX_PIXELS 40 MP)
+    ramp = np.linspace(0, 255, wd, dtype=np.uint8)[None, :, None]
+    for i in range(n):
+        a = np.broadcast_to(ramp, (ht, wd, 3)).copy()
+        a[i * 29:i * 29 + 40] = 255 - i  # a band: every image different
+        Image.fromarray(a).save(d / f"big{i:03d}.jpg", quality=85)
+    w = Worker("light", env, "light-rss").wait_ready()
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            kids = w.children()
+            if kids:
+                samples.append((time.monotonic(), sum(rss_kb(k) for k in kids)))
+            time.sleep(0.2)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        r = itx(env, "submit", str(d), "--batch", "rss", "--wait", "--chunk", "2",
+                "--profile", "tiny-random", "--captioners", "blip", "--ocr", "none",
+                "--generator", "none", timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    finally:
+        stop.set()
+        t.join()
+        w.stop()
+    assert len(records(store, "rss")) == n
+    busy = [s for s in samples if s[1] > 0]
+    third = len(busy) // 3
+    middle = max(kb for _, kb in busy[third:2 * third])
+    last = max(kb for _, kb in busy[2 * third:])
+    print(f"pool process RSS (MB) every 2 s: {[kb // 1024 for _, kb in busy[::10]]}; peak "
+          f"{middle / 1024:.0f} MB in the middle third of the stream, {last / 1024:.0f} MB in "
+          f"the last ({n} images of {wd}x{ht})")
+    assert last < middle * 1.08, (middle, last)  # a plateau, not growth with every image
+    assert last < 1536 * 1024
+
+
+# --- scaling in and out mid-batch (what KEDA does) --------------------------------------------
+def busy(w: Worker) -> bool:
+    log = w.output()
+    return log.count("] received") > log.count("] succeeded in") + log.count("] retry:") \
+        + log.count("] raised unexpected")
+
+
+def test_workers_scaled_out_and_in_mid_batch_lose_nothing(rl, tmp_path):
+    store = tmp_path / "store"
+    env = env_for(rl, 14, store, ITX_VISIBILITY_TIMEOUT="10")
+    n = 160
+    d = images(tmp_path / "in", n, seed=7, size=(32, 32))
+    light1, heavy1 = Worker("light", env, "light-s1"), Worker("heavy", env, "heavy-s1")
+    ws = [light1.wait_ready(), heavy1.wait_ready()]
+    try:
+        r = itx(env, "submit", str(d), "--batch", "scale", "--chunk", "2", "--profile",
+                "tiny-random", "--captioners", "blip", "--ocr", "none", "--generator", "sd",
+                "--size", "32x32", "--steps", "2")
+        assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+        # scale out: new workers of both pools, started mid-batch, take chunks
+        light2, heavy2 = Worker("light", env, "light-s2"), Worker("heavy", env, "heavy-s2")
+        ws += [light2.wait_ready(), heavy2.wait_ready()]
+        wait_for(lambda: received(light2) and received(heavy2), 180, "the new workers' tasks")
+        at_out = len(records(store, "scale"))
+        # scale in, gracefully: SIGTERM (what Kubernetes sends) to a light worker; it finishes
+        # its running task and exits within the grace period
+        light1.proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        light1.proc.wait(60)
+        graceful_s = time.monotonic() - t0
+        # scale in, past the grace period: SIGTERM to a busy heavy worker, SIGKILL to all its
+        # processes 0.5 s later, mid-task; its message comes back after the visibility timeout
+        wait_for(lambda: busy(heavy1), 120, "the heavy worker to hold a task")
+        heavy1.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        heavy1.kill9()
+        at_in = len(records(store, "scale"))
+        assert at_in < n, "the batch ended before the scale-in"
+        wait_for(lambda: len(records(store, "scale")) == n, 300, "every record")
+        time.sleep(2)  # a late duplicate would add objects now
+    finally:
+        for w in ws:
+            w.stop()
+    print(f"scaled out at {at_out}/{n} records, in at {at_in}/{n}; the SIGTERMed light worker "
+          f"exited in {graceful_s:.1f} s")
+    recs = records(store, "scale")
+    ids = ledger(store, "scale")
+    assert len(ids) == n and sorted(recs) == sorted(ids)  # every item exactly one record
+    assert not [x["error"] for x in recs.values() if x["error"]]
+    outs = sorted(p.name for p in (store / "runs/scale/images").iterdir())
+    assert len(outs) == n  # exactly one generated image per item, none orphaned
+    assert sorted(Path(u).name for x in recs.values() for u in x["outputs"]) == outs
