@@ -94,7 +94,7 @@ def test_prompt_length_is_checked_after_each_rule(tmp_path):
     (["--size", "4096x4096", "--generator", "sd"], "ITX_MAX_OUTPUT_PIXELS"),
     (["--n", "9", "--generator", "sd"], "ITX_MAX_OUTPUTS_PER_ITEM"),
     ([a for _ in range(40) for a in ("--edit", "style:photo")], "ITX_MAX_EDIT_RULES"),
-    (["--edit", "template:" + "x" * 2000], "ITX_MAX_EDIT_RULE_CHARS"),
+    (["--edit", "template:" + "x" * 5000], "ITX_MAX_EDIT_RULE_CHARS"),
     ([a for i in range(20) for a in ("--vqa", f"question {i}?")], "ITX_MAX_QUESTIONS"),
     (["--vqa", "why " * 200 + "?"], "ITX_MAX_QUESTION_CHARS"),
 ])

@@ -209,6 +209,28 @@ def test_unreachable_s3_and_a_missing_bucket_are_one_line_exit_2(rl, tmp_path):
             r = itx(down, *args, timeout=120)
             assert r.returncode == 2, (args, r.stderr[-3000:])
             assert "S3" in one_line_error(r) or "store" in one_line_error(r)
+        # copies from other buckets: only allowed ones, capped in bytes like every other read
+        import io
+
+        s3.create_bucket(Bucket="other")
+        s3.create_bucket(Bucket="forbidden")
+        small = io.BytesIO()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(small, format="PNG")
+        big = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)
+                        ).save(big, format="PNG")
+        s3.put_object(Bucket="other", Key="ok.png", Body=small.getvalue())
+        s3.put_object(Bucket="other", Key="big.png", Body=big.getvalue())
+        s3.put_object(Bucket="forbidden", Key="x.png", Body=small.getvalue())
+        run_env = {**base, "AWS_ENDPOINT_URL": endpoint, "ITX_INPUT_BUCKETS": '["other"]',
+                   "ITX_MAX_IMAGE_BYTES": str(len(small.getvalue()) + 100)}
+        out = tmp_path / "copies"
+        r = itx(run_env, "run", "s3://other/ok.png", "s3://other/big.png", "s3://forbidden/x.png",
+                "--out", str(out), *NO_MODELS, "--edit", "template:x")
+        assert r.returncode == 1, r.stdout + r.stderr[-3000:]
+        got = {x["source"]: kind(x) for x in map(json.loads, (out / "manifest.jsonl").open())}
+        assert got == {"s3://other/ok.png": None, "s3://other/big.png": "file_too_large",
+                       "s3://forbidden/x.png": "disallowed_bucket"}, got
         # the conditional put the batch creation relies on, over real HTTP
         from workers.settings import reset_settings
         from workers.storage import S3Store

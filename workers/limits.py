@@ -54,8 +54,9 @@ def check_cost(spec) -> None:
         raise LimitError("too_many_pixels", f"--size {spec.size} is {w * h} pixels, over the "
                          f"limit of {s.max_output_pixels} (ITX_MAX_OUTPUT_PIXELS)")
     if spec.n > s.max_outputs_per_item:
-        raise LimitError("too_many_outputs", f"--n {spec.n}: at most {s.max_outputs_per_item} "
-                         f"generated images per item (ITX_MAX_OUTPUTS_PER_ITEM)")
+        raise LimitError("too_many_outputs", f"--n {spec.n} is over the limit of "
+                         f"{s.max_outputs_per_item} generated images per item "
+                         f"(ITX_MAX_OUTPUTS_PER_ITEM)")
 
 
 def cap(text: str | None, n: int | None = None) -> str | None:

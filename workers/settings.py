@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     # --- limits on what submitters ask for (workers/limits.py) --------------
     edit_rule_timeout_s: float = 1.0  # CPU seconds one regex/replace rule may take per item
     max_edit_rules: int = 32  # per item: the spec's rules plus the item's own
-    max_edit_rule_chars: int = 1000
+    max_edit_rule_chars: int = 4000
     max_questions: int = 16  # per item: the spec's questions plus the item's own
     max_question_chars: int = 500
     max_echo_chars: int = 1000  # of a source or a message quoting user input, in records
