@@ -271,3 +271,14 @@ def test_http_origins_addresses_redirects_and_signed_queries(tmp_path):
         assert sum(site.hits.values()) == before
     finally:
         site.close()
+
+
+def test_a_vqa_question_longer_than_the_tokenizer_takes_is_cut_not_an_error(tmp_path):
+    png(tmp_path / "in" / "a.png", 3, size=(32, 32))
+    question = "is there " + "a very long and winding question " * 150 + "?"  # > 512 tokens
+    r = itx("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--profile",
+            "tiny-random", "--captioners", "none", "--ocr", "none", "--generator", "none",
+            "--vqa", question, env={"ITX_MAX_QUESTION_CHARS": "100000"}, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    (rec,) = manifest(tmp_path / "out")
+    assert not rec["error"] and isinstance(rec["vqa"][question], str)
