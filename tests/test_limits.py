@@ -282,3 +282,38 @@ def test_a_vqa_question_longer_than_the_tokenizer_takes_is_cut_not_an_error(tmp_
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     (rec,) = manifest(tmp_path / "out")
     assert not rec["error"] and isinstance(rec["vqa"][question], str)
+
+
+def test_s3_reads_are_capped_also_without_a_content_length():
+    """An S3-compatible endpoint that declares no Content-Length (HTTP/1.0, read to close):
+    the read stops at the limit instead of taking whatever it sends."""
+    import boto3
+
+    from workers.storage import S3Store, TooLargeError
+
+    body = b"\x89PNG" + b"\0" * 100_000
+
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()  # no Content-Length: the body ends when the connection does
+            self.wfile.write(body)
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{srv.server_address[1]}",
+                              region_name="us-east-1", aws_access_key_id="testing",
+                              aws_secret_access_key="testing")
+        st = S3Store("s3://elsewhere", client=client)
+        with pytest.raises(TooLargeError):
+            st.get("big.png", max_bytes=10_000)
+        assert st.get("big.png", max_bytes=200_000) == body
+    finally:
+        srv.shutdown()
