@@ -1,6 +1,9 @@
 """The ``itx`` command: a thin layer over the Python API.
 
-Exit codes: 0 every item succeeded, 1 some items failed, 2 usage or set-up errors.
+Exit codes: 0 every item succeeded, 1 some items failed, 2 usage or set-up errors (one line:
+a bad option, a refused batch name, a batch another submitter created, the broker or the store
+unreachable), 3 ``--wait`` ended with items still without a record (it says how to continue:
+``itx submit --batch NAME --resume --wait``).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ out_console = Console()
 
 
 def fail(msg: str, code: int = 2):
-    console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)  # one line
     raise typer.Exit(code)
 
 
@@ -89,6 +92,21 @@ Score = Annotated[bool, typer.Option("--score", help="Reference-free scores in e
 CaptionForPrompt = Annotated[Optional[str], typer.Option(
     "--caption-for-prompt", help="Whose caption the prompt starts from: a captioner, or 'best' "
                                  "(the highest CLIPScore for that image).")]
+InputRoot = Annotated[Optional[list[Path]], typer.Option(
+    "--input-root", help="A folder manifest rows may name files in, besides the manifest's own "
+                         "(repeat for more; adds to ITX_INPUT_ROOTS).")]
+
+PENDING = 3  # exit code: --wait ended with items that have no record yet
+
+
+def _input_roots(roots: list[Path] | None) -> None:
+    if not roots:
+        return
+    from workers.settings import get_settings, reset_settings
+
+    have = [str(r) for r in get_settings().input_roots]
+    os.environ["ITX_INPUT_ROOTS"] = json.dumps(have + [str(r.expanduser()) for r in roots])
+    reset_settings()
 
 
 def _models(model: list[str] | None) -> dict[str, str]:
@@ -123,11 +141,12 @@ def make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed,
                             edits=edit or [], generator=generator, steps=steps, size=size,
                             seed=seed, n=n, strength=strength, score=score,
                             caption_for_prompt=caption_for_prompt)
+        from workers.limits import check_cost
+
         s = get_settings()
-        if n > s.max_outputs_per_item:
-            fail(f"--n {n} is over the limit of {s.max_outputs_per_item} outputs per item "
-                 f"(ITX_MAX_OUTPUTS_PER_ITEM)")
-        return spec.resolved(s.profile)
+        spec = spec.resolved(s.profile)
+        check_cost(spec)  # operator caps: steps, pixels, outputs, rules and questions
+        return spec
     except ValidationError as e:
         fail("; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors()))
     except (EditRuleError, ValueError) as e:
@@ -178,6 +197,7 @@ def run(
     model: Model = None, no_reuse: NoReuse = False, score: Score = False,
     caption_for_prompt: CaptionForPrompt = None,
     image_column: ImageColumn = None, keep_columns: KeepColumns = None,
+    input_root: InputRoot = None,
 ):
     """Run the whole pipeline in this process (no broker, no server) and write OUT/manifest.jsonl."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -188,6 +208,7 @@ def run(
 
     if not inputs and not coco:
         fail("give at least one input (file, folder, glob, manifest, s3:// prefix) or --coco")
+    _input_roots(input_root)
     spec = make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength,
                      vqa_backend, model, score, caption_for_prompt)
     if no_reuse:
@@ -249,15 +270,23 @@ def submit(
     limit: Limit = None, ids: Ids = None, vqa_backend: VqaBackend = None, model: Model = None,
     no_reuse: NoReuse = False, score: Score = False, caption_for_prompt: CaptionForPrompt = None,
     image_column: ImageColumn = None, keep_columns: KeepColumns = None,
+    input_root: InputRoot = None,
 ):
     """Submit a batch to the worker pools (needs a broker: ITX_BROKER_URL)."""
     from orchestrator.batch import BatchError
+    from orchestrator.names import check_name
     from orchestrator.submit import submit as submit_batch
 
     if not inputs and not coco and not resume:
         fail("give at least one input, or --coco, or --batch NAME --resume")
     if resume and not batch:
         fail("--resume needs --batch NAME")
+    if batch is not None:
+        try:
+            check_name(batch)  # before anything is read or written
+        except ValueError as e:
+            fail(str(e))
+    _input_roots(input_root)
     spec = make_spec(profile, captioners, ocr, vqa, edit, generator, steps, size, seed, n, strength,
                      vqa_backend, model, score, caption_for_prompt)
     from workers.models.trust import ModelNotAllowedError, check_spec
@@ -278,15 +307,25 @@ def submit(
     except Exception as e:  # broker down, store unreachable: one line, not a traceback
         from kombu.exceptions import OperationalError
 
-        if isinstance(e, (OperationalError, ConnectionError)):
-            fail(f"cannot reach the broker or store: {e}")
+        from workers.storage import StoreError
+
+        if isinstance(e, (OperationalError, ConnectionError, StoreError)):
+            fail(f"cannot reach the broker or store: {(str(e).splitlines() or [''])[0]}")
         raise
     out_console.print(f"batch [bold]{b.name}[/]: {b.submitted} items submitted, "
                       f"{b.already_done} already done ({time.time() - t0:.1f} s)")
     if not wait:
         raise typer.Exit(0)
-    st = _wait(b)
+    try:
+        st = _wait(b)
+    except BatchError as e:
+        fail(str(e))
     _print_status(st)
+    if st["pending"]:
+        console.print(f"[yellow]{st['pending']} items have no record yet.[/] Continue with "
+                      f"`itx submit --batch {b.name} --resume --wait` (it submits exactly those), "
+                      f"or look with `itx status {b.name}`.", highlight=False, soft_wrap=True)
+        raise typer.Exit(PENDING)
     raise typer.Exit(1 if st["failed"] else 0)
 
 
@@ -663,12 +702,38 @@ def report(
                       + (f", score distributions: {plot})" if plot else ")"))
 
 
+def _infrastructure(e: BaseException) -> str | None:
+    """One line for an error of the services around itx (store, broker), else None."""
+    from workers.storage import StoreError
+
+    if isinstance(e, StoreError):
+        from workers.settings import get_settings
+
+        msg = (str(e).splitlines() or [type(e).__name__])[0]
+        return f"the store {get_settings().store} failed: {msg}"
+    try:
+        from kombu.exceptions import OperationalError
+        from redis.exceptions import ConnectionError as RedisConnectionError
+    except ImportError:  # pragma: no cover
+        return None
+    if isinstance(e, (OperationalError, RedisConnectionError, ConnectionError)):
+        return (f"lost the broker or result backend: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
+                f"is it running? (ITX_BROKER_URL, ITX_RESULT_BACKEND)")
+    return None
+
+
 def main():
     try:
-        app()
+        app(standalone_mode=True)
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
+    except Exception as e:
+        line = _infrastructure(e)
+        if line is None:
+            raise
+        console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

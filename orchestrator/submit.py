@@ -28,13 +28,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
+from orchestrator import confine
 from orchestrator.batch import Batch, BatchError
-from orchestrator.inputs.http import InputError, fetch_http
+from orchestrator.inputs.http import InputError, fetch_http, redact_text, redact_url
 from orchestrator.inputs import InputItem, iter_inputs
+from orchestrator.names import check_name
+from workers.limits import LimitError, cap, check_cost, check_program
 from workers.records import Chunk, Item
 from workers.settings import get_settings
 from workers.spec import PipelineSpec
-from workers.storage import OutsideStoreError, S3Store, StoreError, open_store
+from workers.storage import OutsideStoreError, S3Store, StoreError, TooLargeError, open_store
 
 
 def _sha(*parts) -> str:
@@ -60,12 +63,17 @@ def stage_item(item: InputItem, store, spec_fp: str, done: set | None = None) ->
     extra = {k: v for k, v in (("questions", item.questions), ("edit", item.edit),
                                 ("coco_id", item.coco_id), ("file_name", item.file_name),
                                 ("meta", item.meta)) if v}
+    source = cap(redact_url(item.source))  # what records echo back: no signed query, bounded
     if done and (kid := known_id(item, spec_fp)) in done:  # a dataset sample already done
-        return Item(id=kid, source=item.source, **extra)
+        return Item(id=kid, source=source, **extra)
     try:
         if item.error:
             kind, sep, msg = item.error.partition(": ")
             raise InputError(kind, msg) if sep else InputError("bad_input", item.error)
+        try:
+            check_program(item.edit or [], item.questions or [])
+        except LimitError as e:
+            raise InputError(e.kind, str(e).split(": ", 1)[1]) from None
         if item.data is not None:  # bytes read from a shard or a table cell
             if len(item.data) > s.max_image_bytes:
                 raise InputError("file_too_large",
@@ -74,6 +82,7 @@ def stage_item(item: InputItem, store, spec_fp: str, done: set | None = None) ->
             content = uri.rsplit("/", 1)[-1]
         elif item.path is not None:
             p = item.path
+            confine.check_path(p, item.manifest_dir)
             if not p.exists():
                 raise InputError("not_found", f"no such file {str(p)!r}")
             if not p.is_file():
@@ -95,8 +104,13 @@ def stage_item(item: InputItem, store, spec_fp: str, done: set | None = None) ->
                     uri = item.uri  # already in the store: use it where it is
                     content = uri
                 except OutsideStoreError:
+                    confine.check_bucket(item.uri, getattr(store, "bucket", None))
                     u = urlparse(item.uri)
-                    data = S3Store(f"s3://{u.netloc}").get(u.path.lstrip("/"))
+                    try:
+                        data = S3Store(f"s3://{u.netloc}").get(u.path.lstrip("/"),
+                                                               max_bytes=s.max_image_bytes)
+                    except TooLargeError as e:
+                        raise InputError("file_too_large", str(e)) from None
                     uri, _ = store.put_content(data, Path(u.path).suffix or ".bin")
                     content = uri.rsplit("/", 1)[-1]
             elif scheme in ("http", "https"):
@@ -106,16 +120,24 @@ def stage_item(item: InputItem, store, spec_fp: str, done: set | None = None) ->
             else:
                 raise InputError("unknown_scheme", f"cannot read {item.uri!r}")
     except InputError as e:
-        return Item(id=_sha("error", item.source, spec_fp), source=item.source, error=str(e),
-                    **extra)
+        error = str(e)
     except StoreError as e:
-        return Item(id=_sha("error", item.source, spec_fp), source=item.source,
-                    error=f"store_error: {e}", **extra)
+        error = f"store_error: {e}"
     except OSError as e:
-        return Item(id=_sha("error", item.source, spec_fp), source=item.source,
-                    error=f"unreadable: {e}", **extra)
-    return Item(id=known_id(item, spec_fp) or item_id(content, spec_fp, item),
-                source=item.source, image=uri, **extra)
+        error = f"unreadable: {e}"
+    else:
+        return Item(id=known_id(item, spec_fp) or item_id(content, spec_fp, item),
+                    source=source, image=uri, **extra)
+    if "edit" in extra and len(extra["edit"]) > s.max_edit_rules:  # not echoed back in full
+        extra["edit"] = extra["edit"][:s.max_edit_rules]
+    if "questions" in extra and len(extra["questions"]) > s.max_questions:
+        extra["questions"] = extra["questions"][:s.max_questions]
+    for k in ("edit", "questions"):
+        if k in extra:
+            extra[k] = [cap(x, 200) for x in extra[k]]
+    # one record per bad row, also for rows naming the same source with other edits/questions
+    return Item(id=_sha("error", item.source, spec_fp, item.questions, item.edit), source=source,
+                error=cap(redact_text(error, item.source)), **extra)
 
 
 _HANDOFF = 64  # items the stager takes from the input thread at a time, at most
@@ -391,16 +413,19 @@ def submit(inputs: Iterable[str], spec: PipelineSpec, *, name: str | None = None
     from orchestrator.workflow import chunk_canvas
 
     s = get_settings()
+    name = name or new_batch_name()
+    try:
+        check_name(name)
+        check_cost(spec.resolved(s.profile))
+    except ValueError as e:
+        raise BatchError(str(e)) from None
     if app is None:
         from workers.app import app
     check_services(app)
     store = store or open_store()
-    name = name or new_batch_name()
+    store.check()
     batch = Batch(name, store, app)
     inputs = list(inputs)
-    if spec.n > s.max_outputs_per_item:
-        raise BatchError(f"--n {spec.n}: at most {s.max_outputs_per_item} generated images per "
-                         f"item (ITX_MAX_OUTPUTS_PER_ITEM)")
     if batch.exists():
         meta = batch.meta()
         if not resume:
@@ -422,11 +447,16 @@ def submit(inputs: Iterable[str], spec: PipelineSpec, *, name: str | None = None
             raise BatchError(f"nothing to resume: no batch {name!r} in {store.uri}")
         spec = spec.resolved(s.profile)
         done, nchunk = batch.result_ids(), 0
-        store.put_json(f"{batch.prefix}/batch.json", {
-            "name": name, "spec": spec.model_dump(mode="json"), "inputs": inputs, "coco": coco,
-            "images": images, "limit": limit, "ids": ids, "chunk": chunk or s.chunk_size,
-            "image_column": image_column, "keep_columns": keep_columns,
-            "store": store.uri, "created": time.time()})
+        # atomic: of submitters racing for one name, exactly one creates the batch
+        if not store.put_json_if_absent(f"{batch.prefix}/batch.json", {
+                "name": name, "spec": spec.model_dump(mode="json"),
+                "inputs": [redact_url(i) for i in inputs], "coco": coco,
+                "images": images, "limit": limit, "ids": ids, "chunk": chunk or s.chunk_size,
+                "image_column": image_column, "keep_columns": keep_columns,
+                "store": store.uri, "created": time.time()}):
+            raise BatchError(f"batch {name!r} was just created by another submitter in "
+                             f"{store.uri}; add --resume to submit only its items without a "
+                             f"result record")
     chunk = chunk or s.chunk_size
     fp = spec.fingerprint()
     items = iter_inputs(inputs, coco=coco, images=images, limit=limit, ids=ids,

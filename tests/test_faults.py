@@ -263,7 +263,8 @@ def test_flaky_store_503s_and_stalls(ft, tmp_path):
 def test_cold_shutdown_puts_a_running_task_back_at_once(ft, tmp_path):
     """SIGQUIT: the worker waits ITX_SOFT_SHUTDOWN_TIMEOUT for its running task, cancels it,
     and its message goes back on the queue now, not after the (here 600 s) visibility timeout."""
-    wenv, senv = envs(ft, 6, ITX_SOFT_SHUTDOWN_TIMEOUT="1", ITX_VISIBILITY_TIMEOUT="600")
+    wenv, senv = envs(ft, 6, ITX_SOFT_SHUTDOWN_TIMEOUT="1", ITX_VISIBILITY_TIMEOUT="600",
+                      ITX_MAX_STEPS="300")  # a long task: over the default cap on steps
     d = inputs(ft, tmp_path, 8)
     ws = []
     try:
@@ -294,7 +295,7 @@ def test_cold_shutdown_puts_a_running_task_back_at_once(ft, tmp_path):
 def test_a_task_over_its_time_limit_gives_error_records_and_the_worker_goes_on(ft, tmp_path):
     """generate overruns its soft limit (ITX_HEAVY_TIME_LIMIT less 5 s): the chunk's items get
     `timeout` error records; the same heavy worker process then runs the next batch."""
-    wenv, senv = envs(ft, 8, ITX_HEAVY_TIME_LIMIT="8")  # soft limit: 3 s
+    wenv, senv = envs(ft, 8, ITX_HEAVY_TIME_LIMIT="8", ITX_MAX_STEPS="400")  # soft limit: 3 s
     d = inputs(ft, tmp_path, 8)
     ws = []
     try:

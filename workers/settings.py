@@ -54,6 +54,16 @@ class Settings(BaseSettings):
     max_image_bytes: int = 50 * 1024 * 1024
     max_prompt_chars: int = 2000
     max_outputs_per_item: int = 8
+    # --- limits on what submitters ask for (workers/limits.py) --------------
+    edit_rule_timeout_s: float = 1.0  # CPU seconds one regex/replace rule may take per item
+    max_edit_rules: int = 32  # per item: the spec's rules plus the item's own
+    max_edit_rule_chars: int = 4000
+    max_questions: int = 16  # per item: the spec's questions plus the item's own
+    max_question_chars: int = 500
+    max_echo_chars: int = 1000  # of a source or a message quoting user input, in records
+    max_steps: int = 150  # diffusion steps per image
+    max_output_pixels: int = 2048 * 2048  # width x height of a generated image
+    object_cache_bytes: int = 64 * 1024 * 1024  # chunks/partials a worker process keeps (JSON bytes)
 
     # --- operating batches ------------------------------------------------
     # remove a batch's transient objects (parts/, chunk ledgers) once every item has its
@@ -62,7 +72,14 @@ class Settings(BaseSettings):
 
     # --- work shape -----------------------------------------------------
     chunk_size: int = 16
-    http_allow_hosts: list[str] = Field(default_factory=list)  # hosts `http(s)://` inputs may come from
+    # where `http(s)://` inputs may come from: "https://host", "http://host:8080", or a bare
+    # "host" (https and http on their default ports)
+    http_allow_hosts: list[str] = Field(default_factory=list)
+    http_allow_private: bool = False  # fetch from loopback/private/link-local addresses too
+    # local folders manifest rows may name (besides the manifest's own folder; --input-root)
+    input_roots: list[Path] = Field(default_factory=list)
+    # buckets s3:// inputs may be copied from, besides the store's own
+    input_buckets: list[str] = Field(default_factory=list)
     http_max_bytes: int = 50 * 1024 * 1024
     http_timeout_s: float = 20.0
     light_time_limit: int = 600  # seconds per light task (soft limit 10 %, at least 5 s, earlier)
@@ -78,6 +95,11 @@ class Settings(BaseSettings):
     # Cold shutdown (SIGQUIT, or SIGTERM with REMAP_SIGTERM=SIGQUIT) first waits this long for
     # running tasks, then cancels them and puts their messages back on the queue at once.
     soft_shutdown_timeout: float = 30.0
+    # `itx submit --wait`: how long it rides out a lost broker/result backend (reconnecting with
+    # backoff) before it ends (exit 2), and how long it waits with no item finishing before it
+    # ends with items pending (exit 3; 0: the visibility timeout plus the heavy time limit)
+    wait_reconnect_s: float = 300.0
+    wait_stall_s: float = 0.0
     # S3 requests: botocore's standard retry mode (exponential backoff with jitter)
     # a task whose worker process died this many times while running it (OOM killer, a
     # segfault in a decoder) is given up: its chunk's items get `worker_lost` records. 0: never

@@ -13,7 +13,7 @@ from celery.signals import worker_process_init
 
 from workers import control
 from workers.app import app
-from workers.pipeline.compose import compose as pipeline_compose
+from workers.pipeline.compose import compose as pipeline_compose, timed_out
 from workers.pipeline.generate import generate as pipeline_generate
 from workers.pipeline.read import hand_on, load_chunk, load_partial, load_state
 from workers.pipeline.run import run_stage
@@ -118,6 +118,8 @@ def compose(self, partials: list[dict], msg: dict) -> dict:
         state = pipeline_compose(parts, chunk, attempts=self.attempt)
     except control.Cancelled:
         return _cancelled(chunk.batch, chunk.chunk, len(chunk.items))
+    except SoftTimeLimitExceeded:  # e.g. edit rules: every item still gets its record
+        return finish(timed_out(chunk, "compose", self.attempt))
     retried = store_retries() - r0
     for r in state.records:
         r.store_retries += retried

@@ -25,6 +25,7 @@ class InputItem:
     ext: str | None = None           # their extension (".jpg"), for the content key
     meta: dict | None = None         # key, shard, row, kept columns / txt+json members
     ident: str | None = None         # stable identity ("SHARD#KEY", "FILE#ROW"): the id's basis
+    manifest_dir: Path | None = None  # the manifest or table that named it: reads confined there
 
 
 def is_image_name(name: str) -> bool:

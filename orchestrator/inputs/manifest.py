@@ -40,7 +40,7 @@ def iter_manifest(path: Path) -> Iterator[InputItem]:
                     yield InputItem(source=f"{path}:{n}", error="bad_manifest: empty 'image' cell")
                     continue
                 yield from_ref(row["image"], base, questions=listish(row.get("questions")),
-                               edit=listish(row.get("edit")))
+                               edit=listish(row.get("edit")), manifest_dir=base)
         return
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -49,10 +49,12 @@ def iter_manifest(path: Path) -> Iterator[InputItem]:
             try:
                 row = json.loads(line)
                 ref = row["image"]
+                if not isinstance(ref, str) or not ref.strip():
+                    raise TypeError(ref)
             except (json.JSONDecodeError, KeyError, TypeError):
                 yield InputItem(source=f"{path}:{n}",
                                 error="bad_manifest: line is not a JSON object with an 'image' key")
                 continue
             yield from_ref(str(ref), base, questions=listish(row.get("questions")),
                            edit=listish(row.get("edit")),
-                           coco_id=row.get("coco_id"))
+                           coco_id=row.get("coco_id"), manifest_dir=base)

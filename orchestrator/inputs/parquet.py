@@ -139,7 +139,8 @@ def _row_item(ref, row, cell, kind, base, meta, ident, max_bytes) -> InputItem:
         if not v:
             return InputItem(source=source, error=f"empty_cell: row {row} has no image "
                              f"reference", meta=meta, ident=ident)
-        it = from_ref(v, base, meta=meta, ident=ident)
+        it = from_ref(v, base, meta=meta, ident=ident,
+                      manifest_dir=base if isinstance(base, Path) else None)
         it.source = source
         return it
     if kind == "struct":

@@ -28,6 +28,9 @@ class BlipVQA(Backend):
         self.model = load_model(ref, device, dtype, auto_cls=BlipForQuestionAnswering)
         _, self.image_processor, self.tokenizer = load_processing(ref)
         self.image_kw = image_kwargs(self.image_processor, device)
+        positions = getattr(getattr(self.model.config, "text_config", None),
+                            "max_position_embeddings", None) or 512
+        self.max_question_tokens = min(int(self.tokenizer.model_max_length or positions), positions)
 
     @torch.inference_mode()
     def __call__(self, images: list[Image.Image], questions: list[list[str]] | None = None,
@@ -49,7 +52,9 @@ class BlipVQA(Backend):
         # decoder attends to every question position (BlipForQuestionAnswering.generate
         # passes an all-ones mask, and the text model's cross-attention drops any mask),
         # so padding would change an answer with the other questions of its mini-batch
-        ids = self.tokenizer([q for _, q in pairs]).input_ids
+        # a question longer than the text encoder takes is cut at its limit, not an error
+        ids = self.tokenizer([q for _, q in pairs], truncation=True,
+                             max_length=self.max_question_tokens).input_ids
         by_len: dict[int, list[int]] = {}
         for k, t in enumerate(ids):
             by_len.setdefault(len(t), []).append(k)
