@@ -30,9 +30,12 @@ def test_profiles_name_every_stage_backend():
 
 
 def test_stage_table():
-    assert table.names("caption") == ["blip", "git", "vit-gpt2"]
-    assert table.names("generate") == ["sd", "sd-img2img", "if"]
-    assert set(table.names("ocr")) == {"easyocr", "rapidocr", "tesseract"}
+    def names(stage):  # itx's own (other tests may have imported plugin backends)
+        return [d.name for d in table.decls(stage) if table.builtin(d)]
+
+    assert names("caption")[:3] == ["blip", "git", "vit-gpt2"]
+    assert names("generate")[:3] == ["sd", "sd-img2img", "if"]
+    assert {"easyocr", "rapidocr", "tesseract"} <= set(names("ocr"))
     hf = table.get("caption", "some/hf-model")
     assert hf.load_class() is table.get("caption", "blip").load_class()
     assert hf.ref("base") == "some/hf-model"
@@ -128,8 +131,9 @@ def test_models_tiny_and_list_cli(tmp_path):
 def test_readme_model_table_is_the_stage_table():
     readme = (REPO / "README.md").read_text()
     block = readme.split("<!-- models:begin -->\n", 1)[1].split("\n<!-- models:end -->", 1)[0]
-    assert block == table.markdown(), "run `itx models table` and paste it into the README"
-    for d in table.decls():
+    assert block == table.markdown(plugins=False), \
+        "run `itx models table` and paste it into the README"
+    for d in filter(table.builtin, table.decls()):
         assert f"`{d.name}`" in block
 
 

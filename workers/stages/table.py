@@ -206,12 +206,19 @@ declare("score", "clip", "workers.stages.score.clip:ClipScore",
 _plugins()
 
 
-def markdown() -> str:
+def builtin(d: Decl) -> bool:
+    """Declared by itx itself (not by a plugin module)."""
+    return d.backend.startswith("workers.")
+
+
+def markdown(plugins: bool = True) -> str:
     """The README's model table, made from the declarations (``itx models table``; a test
     keeps the README equal to it)."""
     rows = ["| stage | backend | pool | base | large | tiny-random | good for |",
             "|---|---|---|---|---|---|---|"]
     for d in decls():
+        if not plugins and not builtin(d):
+            continue
         q = d.queue or STAGES[d.stage].queue
         rows.append(f"| {d.stage} | `{d.name}` | {q} | `{d.ref('base')}` | `{d.ref('large')}` "
                     f"| `{d.ref('tiny-random')}` | {d.about} |")
