@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
-from orchestrator.http import InputError
+from orchestrator.inputs.http import InputError
 from workers.settings import get_settings
 
 

@@ -282,7 +282,7 @@ def test_http_inputs_only_from_allowed_hosts_within_limits(sec, tmp_path):
     t0 = time.monotonic()
     r = itx(sec["env"], "submit", str(manifest), "--batch", "http", "--wait", *SPEC)
     assert r.returncode == 1, r.stdout + r.stderr[-3000:]
-    from orchestrator.http import redact_url
+    from orchestrator.inputs.http import redact_url
 
     got = list(records(sec["root"], "http").values())
     # records keep URLs without credentials (and queries): the user:pw URL shows as ok.png's

@@ -24,20 +24,18 @@ def check_program(edits: Sequence[str] = (), questions: Sequence[str] = ()) -> N
     """At most ITX_MAX_EDIT_RULES rules of at most ITX_MAX_EDIT_RULE_CHARS characters each,
     at most ITX_MAX_QUESTIONS questions of at most ITX_MAX_QUESTION_CHARS each."""
     s = get_settings()
-    if len(edits) > s.max_edit_rules:
-        raise LimitError("too_many_rules", f"{len(edits)} edit rules; the limit is "
-                         f"{s.max_edit_rules} (ITX_MAX_EDIT_RULES)")
-    for e in edits:
-        if len(e) > s.max_edit_rule_chars:
-            raise LimitError("rule_too_long", f"an edit rule of {len(e)} characters; the limit "
-                             f"is {s.max_edit_rule_chars} (ITX_MAX_EDIT_RULE_CHARS)")
-    if len(questions) > s.max_questions:
-        raise LimitError("too_many_questions", f"{len(questions)} questions; the limit is "
-                         f"{s.max_questions} (ITX_MAX_QUESTIONS)")
-    for q in questions:
-        if len(q) > s.max_question_chars:
-            raise LimitError("question_too_long", f"a question of {len(q)} characters; the "
-                             f"limit is {s.max_question_chars} (ITX_MAX_QUESTION_CHARS)")
+    for values, what, one, most, each, kinds in (
+            (edits, "edit rules", "an edit rule", s.max_edit_rules, s.max_edit_rule_chars,
+             ("too_many_rules", "rule_too_long", "EDIT_RULES", "EDIT_RULE_CHARS")),
+            (questions, "questions", "a question", s.max_questions, s.max_question_chars,
+             ("too_many_questions", "question_too_long", "QUESTIONS", "QUESTION_CHARS"))):
+        if len(values) > most:
+            raise LimitError(kinds[0], f"{len(values)} {what}; the limit is {most} "
+                             f"(ITX_MAX_{kinds[2]})")
+        for v in values:
+            if len(v) > each:
+                raise LimitError(kinds[1], f"{one} of {len(v)} characters; the limit is "
+                                 f"{each} (ITX_MAX_{kinds[3]})")
 
 
 def check_cost(spec) -> None:

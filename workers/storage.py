@@ -419,12 +419,7 @@ class S3Store(Store):
             raise
 
     def list(self, prefix=""):
-        prefix = _clean_key(prefix) if prefix else ""
-        paginator = self.client.get_paginator("list_objects_v2")
-        strip = len(self.prefix) + 1 if self.prefix else 0
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full(prefix)):
-            for obj in page.get("Contents", []):
-                yield obj["Key"][strip:]
+        return (key for key, _ in self.sizes(prefix))
 
     def delete(self, uri_or_key):
         key = self.key_of(uri_or_key)

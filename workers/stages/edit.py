@@ -174,17 +174,14 @@ def parse_rule(text: str, *, captioners: list[str] | None = None,
                 if not has_ocr:
                     raise EditRuleError(f"template {arg!r} uses {{ocr}} but OCR is off")
                 continue
-            if ph.startswith("caption:"):
-                name = ph.split(":", 1)[1]
-                if captioners is not None and name not in captioners:
-                    raise EditRuleError(f"template {arg!r}: {{{ph}}} names captioner {name!r}, "
-                                        f"which is not among {captioners}")
-                continue
-            if ph.startswith("vqa:"):
-                q = ph.split(":", 1)[1]
-                if questions is not None and q not in questions:
-                    raise EditRuleError(f"template {arg!r}: {{{ph}}} asks {q!r}, which is not "
-                                        f"among the VQA questions {questions}")
+            prefix, colon, name = ph.partition(":")
+            if colon and prefix in ("caption", "vqa"):  # must name what the pipeline produces
+                known = captioners if prefix == "caption" else questions
+                if known is not None and name not in known:
+                    says = (f"names captioner {name!r}, which is not among {captioners}"
+                            if prefix == "caption" else
+                            f"asks {name!r}, which is not among the VQA questions {questions}")
+                    raise EditRuleError(f"template {arg!r}: {{{ph}}} {says}")
                 continue
             if ph.startswith("meta:"):  # per item: a missing field fills in as empty
                 if not ph.split(":", 1)[1].strip():
