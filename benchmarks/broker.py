@@ -78,7 +78,7 @@ def main(quick: bool = False) -> dict:
     from tests.cluster import redis_server, workers
     from tests.s3fixture import DUMMY_CREDENTIALS, moto_server
 
-    n = 256 if quick else 1024
+    n = 128 if quick else 1024
     tmp = Path(tempfile.mkdtemp(prefix="itx-bench-broker-"))
     C.write_images(tmp / "warm", CHUNK, start=20_000)
     C.write_images(tmp / "in", n)

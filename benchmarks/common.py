@@ -180,7 +180,20 @@ def cli(main) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="the short CI variant")
     a = ap.parse_args()
+    exit_on_sigterm()
     main(quick=a.quick)
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (run.py's time limit, `timeout`, CI) raises SystemExit, so the benchmark's
+    ``finally`` blocks and context managers stop the servers and workers it started."""
+    import signal
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: clean-up must not be cut short
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 class Timer:

@@ -33,11 +33,12 @@ OPTS = ["--profile", "tiny-random", "--ocr", "rapidocr", "--captioners", "blip,g
 def main(quick: bool = False) -> dict:
     from tests.cluster import Worker, redis_server
 
+    n, warm = (640, 160) if quick else (N, WARM)
     tmp = Path(tempfile.mkdtemp(prefix="itx-bench-soak-"))
     store = tmp / "store"
-    C.write_images(tmp / "warm", WARM, start=50_000, size=(32, 32))
-    C.write_images(tmp / "soak", N, size=(32, 32))
-    res: dict = {"n": N, "warm_up": WARM, "chunk": CHUNK, "spec": OPTS}
+    C.write_images(tmp / "warm", warm, start=50_000, size=(32, 32))
+    C.write_images(tmp / "soak", n, size=(32, 32))
+    res: dict = {"n": n, "warm_up": warm, "chunk": CHUNK, "spec": OPTS}
     samples: list[tuple[float, float]] = []
     with redis_server() as redis:
         env = C.worker_base_env(ITX_BROKER_URL=redis.url + "/0",
@@ -70,19 +71,19 @@ def main(quick: bool = False) -> dict:
         finally:
             w.stop()
     secs, done, failed = batch_span(store, "soak")
-    if done != N or failed:
-        raise RuntimeError(f"soak batch wrote {done} records ({failed} failed) of {N}")
+    if done != n or failed:
+        raise RuntimeError(f"soak batch wrote {done} records ({failed} failed) of {n}")
     peak = max(r for _, r in samples)
     res.update({
         "rss_start_mb": round(start, 1), "rss_end_mb": round(end, 1),
         "rss_peak_mb": round(peak, 1),
         "rss_growth_pct": round((end - start) * 100 / start, 2),
         "rss_peak_growth_pct": round((peak - start) * 100 / start, 2),
-        "seconds": round(secs, 1), "items_per_s": round(N / secs, 1),
+        "seconds": round(secs, 1), "items_per_s": round(n / secs, 1),
         "samples": [(round(t, 1), round(r, 1)) for t, r in samples[::5]],
     })
     res["target"] = C.target(res["rss_growth_pct"], "<=", TARGET_PCT)
-    C.table(f"soak: one light worker, {N:,} items after {WARM} warm-up, chunk {CHUNK}, "
+    C.table(f"soak: one light worker, {n:,} items after {warm} warm-up, chunk {CHUNK}, "
             f"every light stage", ["figure", "value", "target"],
             [["RSS after warm-up (MB)", res["rss_start_mb"], ""],
              ["RSS at the end (MB)", res["rss_end_mb"], ""],

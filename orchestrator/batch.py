@@ -8,8 +8,9 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
+from orchestrator.names import check_name
 from workers.records import ResultRecord
-from workers.storage import StoreError, open_store
+from workers.storage import NotFoundError, StoreError, open_store
 
 
 class BatchError(RuntimeError):
@@ -30,7 +31,10 @@ class Batch:
     """A batch as the store knows it. Works from any machine, after Redis forgot everything."""
 
     def __init__(self, name: str, store=None, app=None):
-        self.name = name
+        try:
+            self.name = check_name(name)
+        except ValueError as e:
+            raise BatchError(str(e)) from None
         self.store = store or open_store()
         self.app = app
         self.prefix = f"runs/{name}"
@@ -47,11 +51,13 @@ class Batch:
     def meta(self) -> dict:
         try:
             return self.store.get_json(f"{self.prefix}/batch.json")
-        except StoreError:
+        except NotFoundError:  # other store errors (unreachable, denied) say so themselves
             raise BatchError(f"no batch {self.name!r} in {self.store.uri}") from None
 
     def submitted_ids(self) -> list[str]:
-        seen: dict[str, None] = {}
+        from orchestrator.ops import kept_ids
+
+        seen: dict[str, None] = dict.fromkeys(kept_ids(self))  # what `itx gc` kept of ledgers
         for key in self.store.list(f"{self.prefix}/chunks/"):
             for i in self.store.get_json(key)["ids"]:
                 seen.setdefault(i)
@@ -102,7 +108,7 @@ class Batch:
             rate = finished / (last - first)
         return {"batch": self.name, "total": total, "done": ok, "failed": failed,
                 "pending": total - finished, "failures": dict(reasons.most_common()),
-                "items_per_s": rate, "created": meta.get("created"),
+                "items_per_s": rate, "created": meta.get("created"), "last_finished_at": last,
                 "complete": total > 0 and finished == total}
 
     # --- progress of what this process submitted ---------------------------------------
@@ -145,19 +151,91 @@ class Batch:
                         self.submitted + self.already_done, self.already_done)
 
     def wait(self, poll_s: float = 1.0, timeout: float | None = None,
-             on_progress: Callable[[Progress], None] | None = None) -> dict:
+             on_progress: Callable[[Progress], None] | None = None,
+             stall_s: float | None = None, reconnect_s: float | None = None) -> dict:
         """Block until every chunk this process submitted has finished (``on_progress`` is
-        called after each poll); return the batch's status."""
-        t0 = time.monotonic()
+        called after each poll); return the batch's status, whose ``pending`` may be > 0.
+
+        A lost result backend (Redis restarting) is ridden out: polls back off up to 10 s and
+        go on once it answers, for ``reconnect_s`` (ITX_WAIT_RECONNECT_S) at most, then
+        ``BatchError``. When nothing finishes for a while, the store is asked: every item
+        with a record ends the wait (a chunk whose result was lost in an outage); nothing
+        finishing for ``stall_s`` (ITX_WAIT_STALL_S) ends it with items pending."""
+        from workers.settings import get_settings
+
+        s = get_settings()
+        if reconnect_s is None:
+            reconnect_s = s.wait_reconnect_s
+        if stall_s is None:
+            stall_s = s.wait_stall_s or (s.visibility_timeout or 2 * max(
+                s.light_time_limit, s.heavy_time_limit) + 600) + s.heavy_time_limit
+        look = min(30.0, stall_s / 2)  # how often a stalled wait asks the store
+        t0 = last_change = last_look = time.monotonic()
+        seen, down_since, backoff = None, None, poll_s
         while True:
-            prog = self.poll()
+            try:
+                prog = self.poll()
+            except _backend_errors() as e:
+                now = time.monotonic()
+                down_since = down_since or now
+                if now - down_since > reconnect_s:
+                    why = (str(e).splitlines() or [type(e).__name__])[0]
+                    raise BatchError(
+                        f"lost the result backend for {reconnect_s:.0f} s ({why}); the batch "
+                        f"goes on without this command: see `itx status {self.name}`, or "
+                        f"`itx submit --batch {self.name} --resume --wait` later") from None
+                time.sleep(backoff)
+                backoff = min(10.0, backoff * 2)
+                continue
+            down_since, backoff = None, poll_s
             if on_progress:
                 on_progress(prog)
             if not self._pending:
                 break
-            if timeout is not None and time.monotonic() - t0 > timeout:
+            now = time.monotonic()
+            if prog.finished != seen:
+                seen, last_change = prog.finished, now
+            elif now - last_change > look and now - last_look > look:
+                last_look = now
+                if self._all_recorded():
+                    break
+                if now - last_change > stall_s:
+                    break  # the caller sees items pending
+            if timeout is not None and now - t0 > timeout:
                 raise TimeoutError(f"batch {self.name} not finished after {timeout} s")
             time.sleep(poll_s)
-        return self.status()
+        from orchestrator.ops import auto_gc
+
+        st = self.status()
+        auto_gc(self, st)  # ITX_AUTO_GC: a finished batch's parts/ and ledgers go
+        return st
+
+    def _all_recorded(self) -> bool:
+        try:
+            return set(self.submitted_ids()) <= self.result_ids()
+        except StoreError:
+            return False
 
 
+def _backend_errors() -> tuple[type[BaseException], ...]:
+    """What a result backend or broker raises while it is down or restarting."""
+    errs: list[type[BaseException]] = [ConnectionError, OSError, TimeoutError]
+    try:
+        from kombu.exceptions import OperationalError
+
+        errs.append(OperationalError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from redis.exceptions import RedisError
+
+        errs.append(RedisError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from celery.exceptions import BackendError
+
+        errs.append(BackendError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errs)

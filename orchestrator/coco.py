@@ -177,7 +177,9 @@ class COCODataset:
 def _decode(data: bytes):
     from PIL import Image, ImageOps
 
-    with Image.open(io.BytesIO(data)) as im:
+    from workers.images import FORMATS
+
+    with Image.open(io.BytesIO(data), formats=FORMATS) as im:
         im = ImageOps.exif_transpose(im)
         return im.convert("RGB")
 

@@ -14,10 +14,13 @@ from workers.spec import PipelineSpec
 def run(inputs: Iterable[str] | str, spec: PipelineSpec | None = None, out: str | Path = "out",
         *, batch: str = "run", chunk: int | None = None, coco: str | None = None,
         images: str | None = None, limit: int | None = None, ids: list[int] | None = None,
-        on_chunk: Callable[[int], None] | None = None) -> list[dict]:
+        on_chunk: Callable[[int], None] | None = None, image_column: str | None = None,
+        keep_columns: list[str] | None = None) -> list[dict]:
     """Run the pipeline over ``inputs`` in this process; write ``out/manifest.jsonl`` and the
     images under ``out/``; return the result records in input order. ``on_chunk(n)`` is
-    called after each chunk of ``n`` items."""
+    called after each chunk of ``n`` items. ``image_column``/``keep_columns``: for Parquet
+    inputs (the image column, and the columns kept as each record's ``meta``)."""
+    from orchestrator import ops
     from orchestrator.batch import Batch
     from orchestrator.submit import submit
     from workers.app import app
@@ -40,13 +43,17 @@ def run(inputs: Iterable[str] | str, spec: PipelineSpec | None = None, out: str 
             if b.exists():  # a new run into the same --out replaces the last one's ledger
                 for key in list(store.list(f"runs/{batch}/chunks/")):
                     store.delete(key)
-                store.delete(f"runs/{batch}/batch.json")
+                for key in (f"runs/{batch}/batch.json", ops.items_key(batch)):
+                    store.delete(key)
+                ops.uncancel(batch, store)  # and its cancel marker and summary
 
             counted = (lambda c: on_chunk(len(c.items))) if on_chunk else None
             t0 = time.time()
             b = submit(inputs, spec, name=batch, chunk=chunk, coco=coco, images=images,
-                       limit=limit, ids=ids, store=store, app=app, order=order, on_chunk=counted)
+                       limit=limit, ids=ids, store=store, app=app, order=order, on_chunk=counted,
+                       image_column=image_column, keep_columns=keep_columns)
             records = list(b.results(order))
+            ops.auto_gc(b, {"complete": len(records) == len(order)})  # ITX_AUTO_GC
     finally:
         app.conf.update(before)
     with (out / "manifest.jsonl").open("w", encoding="utf-8") as f:

@@ -50,7 +50,8 @@ __all__ = [
 
 #: metric groups, in report order ("Bleu" is Bleu_1 … Bleu_4)
 ALL_METRICS = ("Bleu", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
-_COLUMNS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
+_COLUMNS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE",
+            "RefCLIPScore")  # RefCLIPScore: orchestrator.scores, with --score records
 _JAVA_METRICS = ("METEOR", "SPICE")
 SKIPPED = "skipped"
 

@@ -13,15 +13,17 @@ of an ``<img>``. ``default_resolver(out_dir)`` gives paths relative to the repor
 ``file://`` URIs and local paths and keeps ``http(s)`` URLs; for ``s3://`` pass a
 resolver that presigns (``open_store(uri).presign``) or the image shows as its URI.
 
-Every string from a record (captions, OCR text, prompts, errors, even ids) is
-HTML-escaped; URLs with a scheme other than http(s)/file are dropped.
+Pages are rendered from Jinja2 templates (``orchestrator/templates``) with autoescape:
+every string from a record (captions, OCR text, prompts, errors, even ids) is HTML-escaped;
+URLs with a scheme other than http(s)/file are dropped. Records with ``scores`` show them
+on their card, and every page can sort and filter its cards by any score.
 
 ``contact_sheet(records, path)`` is the quick look: one row per item, its input
-beside its outputs, the prompt (or the error) printed under the row.
+beside its outputs, the prompt (or the error) printed under the row; ``sort_by`` orders
+it by a score. ``score_plot(records, path)`` draws the score distributions (matplotlib).
 """
 from __future__ import annotations
 
-import html
 import itertools
 import json
 import os
@@ -104,109 +106,49 @@ def _safe_src(url: str | None) -> str | None:
 
 
 # ----------------------------------------------------------------------------
-# HTML
+# HTML (Jinja2 templates in orchestrator/templates, autoescaped)
 # ----------------------------------------------------------------------------
-_CSS = """
-:root{--bg:#f5f5f4;--card:#fff;--ink:#1c1917;--mute:#78716c;--line:#e7e5e4;--bad:#b91c1c;--badbg:#fef2f2;--ok:#15803d}
-*{box-sizing:border-box}body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;background:var(--bg);color:var(--ink)}
-header{position:sticky;top:0;z-index:2;background:var(--card);border-bottom:1px solid var(--line);padding:10px 20px;display:flex;flex-wrap:wrap;gap:8px 20px;align-items:center}
-header h1{font-size:18px;margin:0}.summary{color:var(--mute)}.summary b.bad{color:var(--bad)}
-.filters button{font:inherit;border:1px solid var(--line);background:var(--bg);border-radius:6px;padding:3px 10px;cursor:pointer}
-.filters button[aria-pressed=true]{background:var(--ink);color:#fff;border-color:var(--ink)}
-nav.pages{display:flex;flex-wrap:wrap;gap:4px}nav.pages a,nav.pages span{padding:2px 7px;border-radius:5px;text-decoration:none;color:var(--ink)}
-nav.pages a:hover{background:var(--line)}nav.pages .cur{background:var(--ink);color:#fff}
-main{padding:16px 20px;display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:16px}
-.card{background:var(--card);border:1px solid var(--line);border-left:5px solid var(--ok);border-radius:8px;padding:12px;display:flex;gap:14px;min-width:0}
-.card.failed{border-left-color:var(--bad)}.card[hidden]{display:none}
-.input{flex:0 0 200px;min-width:0}.input img{width:200px;height:200px;object-fit:contain;background:var(--bg);border-radius:4px;display:block}
-.noimg{width:200px;height:80px;display:flex;align-items:center;justify-content:center;background:var(--bg);color:var(--mute);border-radius:4px;font-size:12px;text-align:center;padding:4px}
-.src{color:var(--mute);font-size:12px;word-break:break-all;margin-top:4px}
-.body{flex:1;min-width:0}.body h2{font-size:13px;margin:0 0 6px;font-family:ui-monospace,"DejaVu Sans Mono",monospace;word-break:break-all}
-.body h3{font-size:11px;text-transform:uppercase;letter-spacing:.05em;color:var(--mute);margin:8px 0 2px}
-.error{background:var(--badbg);color:var(--bad);border:1px solid #fecaca;border-radius:6px;padding:6px 8px;white-space:pre-wrap;word-break:break-word;font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:12px;margin:0 0 6px}
-dl{margin:0;display:grid;grid-template-columns:max-content 1fr;gap:2px 10px}dt{color:var(--mute);font-weight:600}dd{margin:0;word-break:break-word}
-pre.ocr{margin:0;white-space:pre-wrap;word-break:break-word;font-family:inherit}
-.prompt{margin:0;font-style:italic}.outputs{display:flex;flex-wrap:wrap;gap:6px}.outputs img{width:128px;height:128px;object-fit:cover;border-radius:4px;display:block}
-details{margin-top:8px;color:var(--mute);font-size:12px}.empty{color:var(--mute);font-style:italic}
-footer{padding:8px 20px 24px}
-"""
-
-_JS = """
-(function(){
-  var cards=[].slice.call(document.querySelectorAll('article.card'));
-  var n={all:cards.length,failed:0,ok:0};
-  cards.forEach(function(c){n[c.dataset.status]+=1;});
-  [].forEach.call(document.querySelectorAll('[data-count]'),function(s){s.textContent='('+n[s.dataset.count]+')';});
-  var buttons=[].slice.call(document.querySelectorAll('.filters button'));
-  function show(f){
-    if(!(f in n))f='all';
-    cards.forEach(function(c){c.hidden=!(f==='all'||c.dataset.status===f);});
-    buttons.forEach(function(b){b.setAttribute('aria-pressed',String(b.dataset.filter===f));});
-    document.body.dataset.filter=f;
-  }
-  buttons.forEach(function(b){b.addEventListener('click',function(){
-    history.replaceState(null,'',b.dataset.filter==='all'?location.pathname:'#'+b.dataset.filter);show(b.dataset.filter);});});
-  window.addEventListener('hashchange',function(){show(location.hash.slice(1));});
-  show(location.hash.slice(1));
-})();
-"""
-
-e = html.escape  # quote=True: safe in text and in attribute values
+_ENV = None
 
 
-def _img(src: str | None, uri: str, alt: str = "") -> str:
-    src = _safe_src(src)
-    if src is None:
-        return f'<div class="noimg" title="{e(uri)}">{e(uri) or "no image"}</div>'
-    return (f'<a href="{e(src)}" target="_blank" rel="noopener">'
-            f'<img src="{e(src)}" alt="{e(alt)}" loading="lazy"></a>')
+def _env():
+    global _ENV
+    if _ENV is None:
+        from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+        _ENV = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
+                           autoescape=True, undefined=StrictUndefined, trim_blocks=False)
+    return _ENV
 
 
-def _dl(pairs: dict) -> str:
-    rows = "".join(f"<dt>{e(str(k))}</dt><dd>{e(_text(v)) if v not in (None, '') else '<span class=empty>—</span>'}</dd>"
-                   for k, v in pairs.items())
-    return f"<dl>{rows}</dl>"
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else _text(v)
 
 
 def render_card(record: dict, resolve: Resolver) -> str:
-    """One item as an ``<article class="card">`` (every value escaped)."""
+    """One item as an ``<article class="card">`` (every value escaped); its scores travel
+    in ``data-scores`` for the page's sort and filter."""
     failed = is_failed(record)
-    rid = str(record.get("id") or record.get("source") or "")
-    source = _text(record.get("source"))
     thumb_uri = str(record.get("image") or record.get("source") or "")
-    status = "failed" if failed else "ok"
-    parts = [f'<article class="card {status}" data-status="{status}" id="item-{e(rid)}">',
-             '<div class="input">', _img(resolve(thumb_uri) if thumb_uri else None, thumb_uri,
-                                         alt="input"),
-             f'<div class="src">{e(source)}</div>']
-    if record.get("coco_id") is not None:
-        parts.append(f'<div class="src">COCO id {e(str(record["coco_id"]))}</div>')
-    parts.append('</div><div class="body">')
-    parts.append(f"<h2>{e(rid)}</h2>")
-    if failed:
-        parts.append(f'<pre class="error">{e(_text(record.get("error")) or "failed")}</pre>')
-    ocr = _ocr_text(record)
-    if record.get("ocr") is not None:
-        parts.append('<h3>OCR</h3>' + (f'<pre class="ocr">{e(ocr)}</pre>' if ocr.strip()
-                                        else '<p class="empty">no text found</p>'))
-    if record.get("captions"):
-        parts.append("<h3>Captions</h3>" + _dl(record["captions"]))
-    if record.get("vqa"):
-        parts.append("<h3>VQA</h3>" + _dl(record["vqa"]))
-    if record.get("prompt"):
-        parts.append(f'<h3>Prompt</h3><p class="prompt">{e(_text(record["prompt"]))}</p>')
-    outputs = [str(o) for o in record.get("outputs") or []]
-    if outputs:
-        parts.append('<h3>Generated</h3><div class="outputs">'
-                     + "".join(_img(resolve(o), o, alt=f"output {k}") for k, o in enumerate(outputs))
-                     + "</div>")
+    scores = {k: v for k, v in (record.get("scores") or {}).items()
+              if isinstance(v, (int, float)) and not isinstance(v, bool)}
     extra = {k: record[k] for k in ("models", "timings_ms") if record.get(k)}
-    if extra:
-        parts.append("<details><summary>models and timings</summary>"
-                     + _dl({f"{k} {kk}": vv for k, v in extra.items() for kk, vv in v.items()})
-                     + "</details>")
-    parts.append("</div></article>")
-    return "".join(parts)
+    return _env().get_template("card.html.j2").render(
+        status="failed" if failed else "ok", failed=failed,
+        rid=str(record.get("id") or record.get("source") or ""),
+        source=_text(record.get("source")), coco_id=record.get("coco_id"),
+        thumb_uri=thumb_uri, thumb_src=_safe_src(resolve(thumb_uri)) if thumb_uri else None,
+        error=_text(record.get("error")), has_ocr=record.get("ocr") is not None,
+        ocr=_ocr_text(record),
+        captions=[(str(k), _text(v)) for k, v in (record.get("captions") or {}).items()],
+        vqa=[(str(k), _text(v)) for k, v in (record.get("vqa") or {}).items()],
+        prompt=_text(record.get("prompt")), prompt_caption=record.get("prompt_caption"),
+        outputs=[{"uri": str(o), "src": _safe_src(resolve(str(o)))}
+                 for o in record.get("outputs") or []],
+        scores=[(k, _fmt(float(v))) for k, v in scores.items()],
+        scores_json=json.dumps(scores, sort_keys=True) if scores else "",
+        flags=[(str(k), bool(v)) for k, v in (record.get("flags") or {}).items()],
+        details=[(f"{k} {kk}", _text(vv)) for k, v in extra.items() for kk, vv in v.items()])
 
 
 def _page_name(n: int) -> str:
@@ -214,8 +156,10 @@ def _page_name(n: int) -> str:
 
 
 def _nav(cur: int, pages: int) -> str:
+    from markupsafe import Markup
+
     if pages <= 1:
-        return ""
+        return Markup("")
     show = sorted({1, pages, *range(max(1, cur - 2), min(pages, cur + 2) + 1)})
     out, prev = [], 0
     if cur > 1:
@@ -228,33 +172,39 @@ def _nav(cur: int, pages: int) -> str:
         prev = p
     if cur < pages:
         out.append(f'<a href="{_page_name(cur + 1)}" rel="next">»</a>')
-    return f'<nav class="pages" aria-label="pages">{"".join(out)}</nav>'
+    return Markup(f'<nav class="pages" aria-label="pages">{"".join(out)}</nav>')  # page numbers only
 
 
-def _page(title: str, summary: str, nav: str, cards: Iterable[str], filters: bool = True) -> str:
-    buttons = ""
-    if filters:
-        buttons = ('<div class="filters" role="group" aria-label="filter">'
-                   + "".join(f'<button type="button" data-filter="{f}">{label} '
-                             f'<span data-count="{f}"></span></button>'
-                             for f, label in (("all", "All"), ("failed", "Failed"),
-                                              ("ok", "Succeeded")))
-                   + "</div>")
-    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
-            f"<title>{e(title)}</title><style>{_CSS}</style></head><body>"
-            f"<header><h1>{e(title)}</h1><span class=\"summary\">{summary}</span>{buttons}{nav}</header>"
-            f"<main id=\"cards\">{''.join(cards)}</main><footer>{nav}</footer>"
-            f"<script>{_JS}</script></body></html>\n")
+def _page(title: str, summary, nav, cards: Iterable[str], filters: bool = True, *,
+          score_keys: list[str] = (), sort_key: str | None = None, sort_asc: bool = False,
+          plot: str | None = None) -> str:
+    from markupsafe import Markup
+
+    return _env().get_template("page.html.j2").render(
+        title=title, summary=summary, nav=nav, cards=[Markup(c) for c in cards], filters=filters,
+        score_keys=list(score_keys), sort_key=sort_key, sort_asc=sort_asc, plot=plot) + "\n"
+
+
+def _summary(total: int, failed: int, shown: str, links: list[tuple[str, str]]):
+    from markupsafe import Markup, escape
+
+    parts = [escape(f"{total} items · {total - failed} succeeded · "),
+             Markup('<b class="{}">{} failed</b>').format("bad" if failed else "", failed),
+             escape(shown)]
+    parts += [Markup(' · <a href="{}">{}</a>').format(quote(href), label) for href, label in links]
+    return Markup("").join(parts)
 
 
 def write_report(records: Iterable[dict], out_dir: str | Path, *,
                  resolve_image: Resolver | None = None, page_size: int = 100,
-                 title: str = "itx report", contact_sheet: str | None = None) -> Path:
+                 title: str = "itx report", contact_sheet: str | None = None,
+                 plot: str | None = None, sort_by: str | None = None,
+                 ascending: bool = False) -> Path:
     """Write the HTML gallery into ``out_dir``; returns the path of ``index.html``.
 
-    ``contact_sheet``: a path relative to ``out_dir`` to link from every page
-    (write it with :func:`contact_sheet`).
+    ``contact_sheet`` and ``plot``: paths relative to ``out_dir`` (see :func:`contact_sheet`
+    and :func:`score_plot`) to link from every page. Every page can sort and filter its cards
+    by any score in the records; ``sort_by`` (``ascending``) is the initial order.
     """
     if page_size < 1:
         raise ValueError(f"page_size must be >= 1, got {page_size}")
@@ -265,6 +215,7 @@ def write_report(records: Iterable[dict], out_dir: str | Path, *,
     # 1. stream cards into one part file per page; count as we go
     total = failed = pages = 0
     failed_cards: list[str] = []
+    keys: dict[str, None] = {}
     with tempfile.TemporaryDirectory(prefix=".itx-report-", dir=out) as tmp:
         part = None
         try:
@@ -275,7 +226,8 @@ def write_report(records: Iterable[dict], out_dir: str | Path, *,
                     pages += 1
                     part = open(Path(tmp) / f"{pages}.part", "w", encoding="utf-8")  # noqa: SIM115
                 card = render_card(rec, resolve)
-                part.write(card)
+                part.write(card + "\x00")
+                keys.update(dict.fromkeys(rec.get("scores") or {}))
                 total += 1
                 if is_failed(rec):
                     failed += 1
@@ -287,27 +239,33 @@ def write_report(records: Iterable[dict], out_dir: str | Path, *,
         pages = max(pages, 1)
 
         # 2. wrap each part in its page, now that the totals are known
-        links = ""
-        if failed:
-            links += ' · <a href="failed.html">all failures</a>'
+        links = [("failed.html", "all failures")] if failed else []
         if contact_sheet:
-            links += f' · <a href="{e(quote(contact_sheet))}">contact sheet</a>'
+            links.append((contact_sheet, "contact sheet"))
+        if plot:
+            links.append((plot, "score distributions"))
         for n in range(1, pages + 1):
             first = (n - 1) * page_size + 1
             shown = (f" · items {first}–{min(n * page_size, total)}, page {n} of {pages}"
                      if pages > 1 else "")
-            summary = (f"{total} items · {total - failed} succeeded · "
-                       f'<b class="{"bad" if failed else ""}">{failed} failed</b>{shown}{links}')
             p = Path(tmp) / f"{n}.part"
-            cards = [p.read_text(encoding="utf-8")] if p.exists() else []
-            _write_atomic(out / _page_name(n), _page(title, summary, _nav(n, pages), cards))
+            cards = [c for c in p.read_text(encoding="utf-8").split("\x00") if c] \
+                if p.exists() else []
+            _write_atomic(out / _page_name(n), _page(
+                title, _summary(total, failed, shown, links), _nav(n, pages), cards,
+                score_keys=list(keys), sort_key=sort_by, sort_asc=ascending,
+                plot=quote(plot) if plot and n == 1 else None))
 
     # 3. the failures of the whole batch on one page; no stale pages from a bigger run
     failed_page = out / "failed.html"
     if failed:
+        from markupsafe import Markup
+
         more = (f" (the first {MAX_FAILED_LISTED})" if failed > MAX_FAILED_LISTED else "")
         _write_atomic(failed_page, _page(
-            f"{title}: failures", f'{failed} failed of {total}{more} · <a href="index.html">all items</a>',
+            f"{title}: failures",
+            Markup('{} · <a href="index.html">all items</a>').format(
+                f"{failed} failed of {total}{more}"),
             "", failed_cards, filters=False))
     elif failed_page.exists():
         failed_page.unlink()
@@ -331,6 +289,8 @@ def default_loader(uri: str):
     """Open an image from a ``file://`` URI, a local path or an ``s3://`` URI (boto3)."""
     from PIL import Image
 
+    from workers.images import FORMATS
+
     u = urlparse(uri)
     if u.scheme == "s3":
         import io
@@ -338,11 +298,11 @@ def default_loader(uri: str):
         from workers.storage import S3Store
 
         data = S3Store(f"s3://{u.netloc}").get(uri)
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=FORMATS)
     path = _local_path(uri)
     if path is None:
         raise ValueError(f"cannot load {uri!r}: only file://, local paths and s3:// are read")
-    return Image.open(path)
+    return Image.open(path, formats=FORMATS)
 
 
 def _font(size: int):
@@ -407,10 +367,67 @@ def _tile(im, cell: int):
     return im
 
 
+def by_score(records: Iterable[dict], key: str, ascending: bool = False) -> list[dict]:
+    """Records ordered by score ``key`` (highest first unless ``ascending``); records without
+    it keep their order, after the others."""
+    recs = list(records)
+    has = [r for r in recs if isinstance((r.get("scores") or {}).get(key), (int, float))]
+    rest = [r for r in recs if not isinstance((r.get("scores") or {}).get(key), (int, float))]
+    has.sort(key=lambda r: r["scores"][key], reverse=not ascending)  # stable: ties keep order
+    return has + rest
+
+
+def score_plot(records: Iterable[dict], out_path: str | Path, *, bins: int = 20) -> Path | None:
+    """A PNG of every score family's distribution (one histogram each: ``clip:caption:<c>``,
+    ``clip:prompt``, ``clip:output``, ``clip-i:output``, ``ocr-readback:output``, with mean
+    and median marked); None when the records have no scores."""
+    fams: dict[str, list[float]] = {}
+    for r in records:
+        for k, v in (r.get("scores") or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                fams.setdefault(_family(k), []).append(float(v))
+    if not fams:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(fams))
+    rows = -(-len(fams) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, (name, vals) in zip(axes.flat, fams.items()):
+        ax.hist(vals, bins=bins, color="#57534e")
+        mean, median = sum(vals) / len(vals), sorted(vals)[len(vals) // 2]
+        ax.axvline(mean, color="#b91c1c", lw=1.5, label=f"mean {mean:.3f}")
+        ax.axvline(median, color="#15803d", lw=1.5, ls="--", label=f"median {median:.3f}")
+        ax.set_title(f"{name} (n={len(vals)})", fontsize=10)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(fams):]:
+        ax.axis("off")
+    fig.tight_layout()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def _family(key: str) -> str:
+    from workers.stages.score import family
+
+    return family(key)
+
+
 def contact_sheet(records: Iterable[dict], out_path: str | Path, *, cell: int = 192,
                   band: int = 48, max_items: int = 64,
-                  load_image: Callable[[str], Any] | None = None) -> tuple[Path, tuple[int, int]]:
+                  load_image: Callable[[str], Any] | None = None, sort_by: str | None = None,
+                  ascending: bool = False) -> tuple[Path, tuple[int, int]]:
     """A PNG grid: one row per item (input, then its outputs), the prompt under the row.
+    ``sort_by`` a score key: the rows are the items in that score's order (highest first
+    unless ``ascending``), each band starting with the score.
 
     The image is ``cols * cell`` wide and ``rows * (cell + band)`` high, where ``rows`` is
     the number of items (at most ``max_items``) and ``cols`` is 1 + the most outputs any
@@ -420,6 +437,8 @@ def contact_sheet(records: Iterable[dict], out_path: str | Path, *, cell: int = 
     from PIL import Image, ImageDraw
 
     load = load_image or default_loader
+    if sort_by:
+        records = by_score(records, sort_by, ascending)
     items = list(itertools.islice(records, max_items))
     if not items:
         raise ValueError("no records: nothing to put on a contact sheet")
@@ -456,6 +475,10 @@ def contact_sheet(records: Iterable[dict], out_path: str | Path, *, cell: int = 
             text = "ERROR: " + (text or "failed")
         elif not text:
             text = next(iter((rec.get("captions") or {}).values()), "") or ""
+        val = (rec.get("scores") or {}).get(sort_by) if sort_by else None
+        if sort_by:
+            text = (f"{sort_by} {val:.4f} · " if isinstance(val, (int, float))
+                    else f"{sort_by} — · ") + text
         lines = _wrap(draw, text, font, cols * cell - 12, max_lines) if text else []
         draw.multiline_text((6, y + cell + 2), "\n".join(lines), font=font, spacing=3,
                             fill=(185, 28, 28) if failed else (28, 25, 23))

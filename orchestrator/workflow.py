@@ -4,8 +4,9 @@
 
 Each header stage runs on the queue the stage table gives its backend (``ITX_ROUTES``
 overrides it); compose runs where the generator runs when one follows (a few ms of text work
-that would otherwise wait behind the header tasks of every later chunk), else on the light
-queue; generate runs on the generator's queue.
+that would otherwise wait behind the header tasks of every later chunk), else where the score
+backend runs when scores are asked (compose scores the captions), else on the light queue;
+generate runs on the generator's queue.
 
 A chunk that ``itx submit`` wrote to the store travels by reference: every task gets
 ``{"ref", "nonce"}`` and reads the chunk from its ledger, and the stages hand their outputs on
@@ -37,7 +38,8 @@ def chunk_canvas(chunk: Chunk | dict):
 
     header = [sig(tasks.stage, msg, stage, name, queue=table.queue_of(stage, name))
               for stage, name in header_stages(spec, chunk.items)]
-    gen_queue = table.queue_of("generate", spec.generator) if spec.generator else None
+    gen_queue = table.queue_of("generate", spec.generator) if spec.generator else \
+        table.queue_of("score", spec.scorer) if spec.scorer else None  # CLIP scores in compose
     compose = sig(tasks.compose, msg, queue=gen_queue) if header else \
         tasks.compose.si([], msg).set(**({"queue": gen_queue} if gen_queue else {}))
     canvas = chord(header, compose) if header else compose

@@ -80,4 +80,11 @@ def write_corpus(d: Path) -> dict[str, tuple[Path, tuple]]:
     out["truncated.jpg"] = (d / "truncated.jpg", ("error", "truncated_image"))
     (d / "bomb.png").write_bytes(_png_header_only(30000, 30000))
     out["bomb.png"] = (d / "bomb.png", ("error", "too_many_pixels"))
+    # formats Pillow could decode but itx does not read (docs/security.md): refused by name,
+    # their decoders never run on the bytes
+    (d / "layers.psd").write_bytes(b"8BPS\x00\x01" + b"\x00" * 6 + b"\x00\x03" + b"\x00" * 64)
+    out["layers.psd"] = (d / "layers.psd", ("error", "unsupported_format"))
+    for fmt, name in (("EPS", "vector.eps"), ("ICO", "icon.ico"), ("PCX", "old.pcx"),
+                      ("PPM", "netpbm.jpg")):
+        save(name, _photo(32, 32), fmt, expected=("error", "unsupported_format"))
     return out

@@ -2,6 +2,7 @@
 
     with FaultProxy(moto_endpoint) as proxy:        # workers: AWS_ENDPOINT_URL=proxy.url
         proxy.set(fail=0.2, stall=0.05)              # 20 % answer 503, 5 % hang, the rest pass
+        proxy.set(delay=0.02)                        # or: 20 ms more on every request
         ...
         proxy.counts                                 # {"forwarded": n, "failed": n, "stalled": n}
         proxy.requests                               # [(method, path), ...] every request seen
@@ -39,10 +40,10 @@ class _Server(ThreadingHTTPServer):
 
 class FaultProxy:
     def __init__(self, upstream: str, *, fail: float = 0.0, stall: float = 0.0,
-                 stall_s: float = 3.0, seed: int = 0):
+                 stall_s: float = 3.0, seed: int = 0, delay: float = 0.0):
         u = urlparse(upstream)
         self.upstream = (u.hostname, u.port or 80)
-        self.fail, self.stall, self.stall_s = fail, stall, stall_s
+        self.fail, self.stall, self.stall_s, self.delay = fail, stall, stall_s, delay
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.counts = {"forwarded": 0, "failed": 0, "stalled": 0}
@@ -53,9 +54,10 @@ class FaultProxy:
                                         name="fault-proxy")
 
     # --- control ---------------------------------------------------------------------
-    def set(self, fail: float = 0.0, stall: float = 0.0) -> None:
+    def set(self, fail: float = 0.0, stall: float = 0.0, delay: float = 0.0) -> None:
+        """Fault rates, and ``delay`` seconds of latency added to every forwarded request."""
         with self._lock:
-            self.fail, self.stall = fail, stall
+            self.fail, self.stall, self.delay = fail, stall, delay
 
     def reset_counts(self) -> None:
         with self._lock:
@@ -118,6 +120,8 @@ class FaultProxy:
                     time.sleep(proxy.stall_s)
                     self.close_connection = True
                     return
+                if proxy.delay:
+                    time.sleep(proxy.delay)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
                 if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
                     headers["Content-Length"] = str(len(body))

@@ -11,6 +11,8 @@ import io
 import json
 import secrets
 import subprocess
+import tempfile
+from pathlib import Path
 
 import boto3
 import numpy as np
@@ -95,12 +97,40 @@ def all_alive(ws) -> bool:
     return all(w.proc.poll() is None and w.children() for w in ws)
 
 
-def test_bad_input_corpus_through_real_workers(bad, tmp_path):
-    d = tmp_path / "in"
-    corpus = write_corpus(d)
-    # more inputs the corpus does not have
-    Image.new("RGB", (1200, 1000), (90, 120, 200)).save(d / "huge-dimensions.png")  # 1.2 MP
-    (d / "too-many-bytes.png").write_bytes(noise_png(1, (400, 400)))  # ~480 KB
+def _corpus_expectations() -> dict[str, tuple]:
+    with tempfile.TemporaryDirectory() as t:
+        return {n: exp for n, (_, exp) in write_corpus(Path(t)).items()}
+
+
+CORPUS = _corpus_expectations()
+URLS = {"ftp://example.com/photo.png": "unknown_scheme",
+        "http://169.254.169.254/latest/meta-data/photo.png": "disallowed_host"}
+# every input of the submitted manifest -> the error kind of each of its records (None: ok)
+CASES = {
+    **{n: [None if exp[0] == "ok" else exp[1]] for n, exp in CORPUS.items()},
+    "huge-dimensions.png": ["too_many_pixels"],  # 1.2 MP, over ITX_MAX_PIXELS
+    "too-many-bytes.png": ["file_too_large"],  # ~480 KB, over ITX_MAX_IMAGE_BYTES
+    "exif-text.jpg": [None],
+    "unicode-text.png": [None],
+    "blank.png": [None],
+    "blank-ocr-only.png": ["empty_prompt"],  # edit "{ocr}" of an image without text
+    "photo.png": [None, "prompt_too_long"],  # plus a row with an oversized edit
+    "photo.jpg": [None, "bad_edit_rule"],  # plus a row with an unknown placeholder
+    **{u: [k] for u, k in URLS.items()},
+    "missing.png": ["not_found"],
+}
+UNICODE_EDIT = "template:{ocr} ☕ 東京 {caption}"
+
+
+@pytest.fixture(scope="module")
+def corpus(bad, tmp_path_factory):
+    """The corpus and more bad, odd and valid inputs, submitted once with `itx submit --wait`:
+    the records by input name, the output objects, the manifest's rows and the exit status."""
+    tmp = tmp_path_factory.mktemp("corpus")
+    d = tmp / "in"
+    write_corpus(d)
+    Image.new("RGB", (1200, 1000), (90, 120, 200)).save(d / "huge-dimensions.png")
+    (d / "too-many-bytes.png").write_bytes(noise_png(1, (400, 400)))
     upright = text_image("OPEN 24 HOURS")
     exif = Image.Exif()
     exif[0x0112] = 6  # shown rotated 90 degrees clockwise
@@ -109,76 +139,83 @@ def test_bad_input_corpus_through_real_workers(bad, tmp_path):
     text_image("CAFÉ ÜBER").save(d / "unicode-text.png")
     Image.new("RGB", (64, 48), "white").save(d / "blank.png")
     Image.new("RGB", (64, 40), "white").save(d / "blank-ocr-only.png")
-    valid = {n for n, (_, exp) in corpus.items() if exp[0] == "ok"} | {
-        "exif-text.jpg", "unicode-text.png", "blank.png"}
-    expected = {n: exp[1] for n, (_, exp) in corpus.items() if exp[0] == "error"}
-    expected.update({"huge-dimensions.png": "too_many_pixels",
-                     "too-many-bytes.png": "file_too_large",
-                     "blank-ocr-only.png": "empty_prompt",
-                     "long-prompt": "prompt_too_long", "unknown-placeholder": "bad_edit_rule",
-                     "ftp://example.com/photo.png": "unknown_scheme",
-                     "http://169.254.169.254/latest/meta-data/photo.png": "disallowed_host",
-                     "missing.png": "not_found"})
-    rows = [{"image": str(d / n)} for n in sorted(set(corpus) | valid | {
-        "huge-dimensions.png", "too-many-bytes.png"})]
-    unicode_edit = "template:{ocr} ☕ 東京 {caption}"
+    files = sorted(set(CORPUS) | {"huge-dimensions.png", "too-many-bytes.png", "exif-text.jpg",
+                                  "unicode-text.png", "blank.png"})
+    rows = [{"image": str(d / n)} for n in files]
     for row in rows:
         if row["image"].endswith("unicode-text.png"):
-            row["edit"] = [unicode_edit]
+            row["edit"] = [UNICODE_EDIT]
     rows += [
         {"image": str(d / "blank-ocr-only.png"), "edit": ["template:{ocr}"]},
         {"image": str(d / "photo.png"), "edit": ["template:" + "x" * 2500]},
         {"image": str(d / "photo.jpg"), "edit": ["template:{nope} and {caption}"]},
-        {"image": "ftp://example.com/photo.png"},
-        {"image": "http://169.254.169.254/latest/meta-data/photo.png"},
+        *({"image": u} for u in URLS),
         {"image": str(d / "missing.png")},
     ]
-    manifest = tmp_path / "corpus.jsonl"
+    manifest = tmp / "corpus.jsonl"
     manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     r = itx(bad["submit_env"], "submit", str(manifest), "--batch", "corpus", "--wait", *SPEC)
-    assert r.returncode == 1, r.stdout + r.stderr[-3000:]
-    recs = list(records(bad["s3"], "corpus").values())
-    assert len(recs) == len(rows)
-
-    def name(rec):
+    by_name: dict[str, list[dict]] = {}
+    for rec in records(bad["s3"], "corpus").values():
         src = rec["source"]
-        return src.rsplit("/", 1)[-1] if src.startswith(str(d)) else src
+        by_name.setdefault(src.rsplit("/", 1)[-1] if src.startswith(str(d)) else src,
+                           []).append(rec)
+    return {"run": r, "rows": rows, "records": by_name,
+            "outputs": set(keys(bad["s3"], "store/runs/corpus/images/"))}
 
-    by_kind = {}
-    out_keys = set(keys(bad["s3"], "store/runs/corpus/images/"))
+
+def test_corpus_batch_fails_with_one_record_per_row_and_no_stray_output(corpus):
+    r = corpus["run"]
+    assert r.returncode == 1, r.stdout + r.stderr[-3000:]
+    recs = [rec for recs in corpus["records"].values() for rec in recs]
+    assert len(recs) == len(corpus["rows"])
+    assert set(corpus["records"]) == set(CASES)
+    assert len(corpus["outputs"]) == sum(1 for rec in recs if not rec["error"])
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_each_input_ends_as_its_own_records(corpus, name):
+    recs = corpus["records"].get(name, [])
+    assert sorted((kind(rec) for rec in recs), key=str) == sorted(CASES[name], key=str), \
+        [rec["error"] for rec in recs]
     for rec in recs:
-        n = name(rec)
         if rec["error"]:
-            by_kind.setdefault(n, []).append(kind(rec))
             assert rec["outputs"] == []
             continue
-        assert n in valid, (n, rec)
-        assert rec["captions"]["blip"] and rec["prompt"], n
+        assert rec["captions"]["blip"] and rec["prompt"]
         assert isinstance(rec["ocr"]["text"], str)
-        assert len(rec["outputs"]) == 1 and rec["outputs"][0].split(f"{BUCKET}/", 1)[1] in out_keys
-        by_kind.setdefault(n, []).append(None)
-    # the three edits on photo.png / photo.jpg / blank-ocr-only.png are their own records
-    assert sorted(by_kind.pop("photo.png"), key=str) == sorted([None, "prompt_too_long"], key=str)
-    assert sorted(by_kind.pop("photo.jpg"), key=str) == sorted([None, "bad_edit_rule"], key=str)
-    assert by_kind.pop("blank-ocr-only.png") == ["empty_prompt"]
-    for n, kinds in by_kind.items():
-        assert kinds == [expected.get(n)], (n, kinds)
-    assert len(out_keys) == sum(1 for rec in recs if not rec["error"])  # no stray outputs
-    # valid but odd: read right
-    got = {name(rec): rec for rec in recs if not rec["error"]}
-    box = got["exif-text.jpg"]["ocr"]["lines"][0]["box"]
+        assert len(rec["outputs"]) == 1
+        assert rec["outputs"][0].split(f"{BUCKET}/", 1)[1] in corpus["outputs"]
+
+
+def ok(corpus, name: str) -> dict:
+    return next(rec for rec in corpus["records"][name] if not rec["error"])
+
+
+def test_exif_orientation_is_applied_before_ocr(corpus):
+    rec = ok(corpus, "exif-text.jpg")
+    box = rec["ocr"]["lines"][0]["box"]
     xs, ys = [p[0] for p in box], [p[1] for p in box]
-    assert "OPEN" in got["exif-text.jpg"]["ocr"]["text"]
+    assert "OPEN" in rec["ocr"]["text"]
     assert max(xs) - min(xs) > 3 * (max(ys) - min(ys)), "EXIF orientation was not applied"
-    uni = got["unicode-text.png"]
+
+
+def test_unicode_ocr_text_goes_into_a_unicode_prompt(corpus):
+    uni = ok(corpus, "unicode-text.png")
     assert "CAFÉ" in uni["ocr"]["text"]
     assert uni["prompt"] == " ".join(f"{uni['ocr']['text']} ☕ 東京 {uni['captions']['blip']}".split())
-    assert got["blank.png"]["ocr"] == {"text": "", "lines": []}
-    assert got["blank.png"]["prompt"] == got["blank.png"]["captions"]["blip"]
-    # the workers are all still up, and still work
+
+
+def test_blank_image_has_no_text_and_its_caption_is_the_prompt(corpus):
+    blank = ok(corpus, "blank.png")
+    assert blank["ocr"] == {"text": "", "lines": []}
+    assert blank["prompt"] == blank["captions"]["blip"]
+
+
+def test_workers_outlive_the_corpus_and_still_work(bad, corpus):
     assert all_alive(bad["workers"])
-    s = send_chunk(bad["env"], "after-corpus", [{"id": "good", "image": got["photo.bmp"]["image"]}],
-                   CHUNK_SPEC)
+    s = send_chunk(bad["env"], "after-corpus",
+                   [{"id": "good", "image": ok(corpus, "photo.bmp")["image"]}], CHUNK_SPEC)
     assert s["done"] == 1
 
 

@@ -286,16 +286,21 @@ def test_preload_loads_models_in_the_pool_process_not_the_parent(cluster):
     """ITX_PRELOAD=true: each pool process loads its models when it starts, after the fork."""
     from tests.cluster import Worker
 
+    want = {"preloaded ocr:rapidocr", "preloaded caption:blip", "preloaded caption:git"}
+
+    def preloaded() -> list[str]:
+        return [x for x in w.output().splitlines() if "preloaded " in x]
+
     w = Worker("light", {**cluster["env"], "ITX_PRELOAD": "true"}, "light-preload")
     try:
         w.wait_ready()
+        # every model of the pool, not just one: a process loads them one after the other
         deadline = time.time() + 120
-        while "preloaded caption:blip" not in w.output() and time.time() < deadline:
+        while (not want <= {x.split("] ", 1)[-1].strip() for x in preloaded()}
+               and "could not preload" not in w.output() and time.time() < deadline):
             time.sleep(0.5)
-        log = w.output()
-        lines = [x for x in log.splitlines() if "preloaded " in x]
-        assert {"preloaded ocr:rapidocr", "preloaded caption:blip", "preloaded caption:git"} <= \
-            {x.split("] ", 1)[-1].strip() for x in lines}, log[-3000:]
+        lines = preloaded()
+        assert want <= {x.split("] ", 1)[-1].strip() for x in lines}, w.output()[-3000:]
         assert all("ForkPoolWorker" in x for x in lines), lines  # never in MainProcess
     finally:
         w.stop()

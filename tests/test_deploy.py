@@ -42,6 +42,7 @@ SETTINGS_ENV = {f"ITX_{name.upper()}" for name in Settings.model_fields}
 LIBRARY_ENV = {
     "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",  # boto3
     "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "HF_TOKEN",                  # the hub client
+    "NVIDIA_VISIBLE_DEVICES",                     # the NVIDIA runtime (void: no GPU for init)
 }
 
 
@@ -98,10 +99,28 @@ def _queues() -> set[str]:
 
 
 # --- Kubernetes ------------------------------------------------------------------------------
+def filled(text: str) -> str:
+    return text.replace("CHANGE-ME", "filled-in")
+
+
+@cache
+def k8s_tree() -> Path:
+    """A copy of k8s/ whose gpu overlay has its git-ignored Secret inputs, filled in from the
+    .example files, as an operator's checkout has them."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="itx-k8s-")) / "k8s"
+    shutil.copytree(K8S, root, ignore=shutil.ignore_patterns("secret.env", "redis-ca.pem"))
+    for example in (root / "overlays" / "gpu").glob("*.example"):
+        example.with_suffix("").write_text(filled(example.read_text()))
+    return root
+
+
 @cache
 def render(overlay: str) -> tuple[dict, ...]:
     kubectl = _need("kubectl")
-    path = K8S / "base" if overlay == "base" else K8S / "overlays" / overlay
+    k8s = k8s_tree()
+    path = k8s / "base" if overlay == "base" else k8s / "overlays" / overlay
     out = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True,
                          timeout=120, check=False)
     assert out.returncode == 0, f"kubectl kustomize {path}: {out.stderr}"
@@ -123,7 +142,7 @@ def worker_container(deploy: dict) -> dict:
 
 
 def config_map(overlay: str) -> dict:
-    (cm,) = objects(overlay, "ConfigMap").values()
+    (cm,) = [c for n, c in objects(overlay, "ConfigMap").items() if n.startswith("itx-config")]
     return cm["data"]
 
 
@@ -211,13 +230,15 @@ def test_gpu_secret_template_has_exactly_the_keys_the_manifests_use():
     used = set()
     for obj in render("gpu"):
         text = json.dumps(obj)
-        used |= set(re.findall(r'"key": "([A-Z_]+)"', text))
+        used |= set(re.findall(r'"key": "([A-Z][A-Z0-9_]*)"', text))
     template = {line.split("=", 1)[0] for line in
-                (K8S / "overlays/gpu/secret.env").read_text().splitlines()
+                (K8S / "overlays/gpu/secret.env.example").read_text().splitlines()
                 if line.strip() and not line.startswith("#")}
-    assert template == used
-    check_env_names(template - {"REDIS_ADDRESS", "REDIS_PASSWORD"} - {"FLOWER_BASIC_AUTH"},
-                    "gpu secret.env")
+    generated = {"REDIS_USERNAME", "REDIS_TLS"}  # literals in the kustomization
+    assert template | generated == used
+    # the rest are only the names of secret keys (KEDA's, Flower's, the init containers')
+    check_env_names({k for k in template if not k.startswith(("REDIS_", "MODELS_AWS_"))}
+                    - {"FLOWER_BASIC_AUTH"}, "gpu secret.env.example")
 
 
 def test_contract_lines_extend_what_the_integration_tests_run():
@@ -302,9 +323,8 @@ def test_dev_is_cpu_tiny_random_one_replica_with_redis_and_minio_inside():
     assert {n: d["spec"].get("replicas") for n, d in deploys.items()} == {
         "itx-light": 1, "itx-heavy": 1, "itx-flower": 1, "redis": 1, "minio": 1}
     redis = shlex.join(deploys["redis"]["spec"]["template"]["spec"]["containers"][0]["command"])
-    assert "--requirepass" in redis and "--appendonly yes" in redis
-    assert "mc" in json.dumps(objects("dev", "Job")["minio-bucket"]) and "mb" in json.dumps(
-        objects("dev", "Job")["minio-bucket"])
+    assert "--aclfile" in redis and "--appendonly yes" in redis
+    assert "minio-init.sh" in json.dumps(objects("dev", "Job")["minio-bucket"])
     assert not {"redis", "minio"} & set(objects("gpu", "Deployment")), "gpu uses external ones"
 
 
@@ -470,8 +490,8 @@ def test_compose_gpu_stack_keeps_the_contract():
     assert _cmd(s["flower"]) == FLOWER_COMMAND
     assert s["flower"]["environment"]["FLOWER_BASIC_AUTH"]
     redis = _cmd(s["redis"])
-    assert "--requirepass" in redis and "--appendonly yes" in redis
-    assert "mc mb" in _cmd({"command": s["minio-init"]["entrypoint"]})
+    assert "--aclfile" in redis and "--appendonly yes" in redis
+    assert "minio-init.sh" in _cmd({"command": s["minio-init"]["entrypoint"]})
     assert s["orchestrator"]["restart"] == "no" and _cmd(s["orchestrator"]).startswith("itx ")
     assert s["models"]["restart"] == "no" and _cmd(s["models"]).startswith("itx models pull")
     for name, svc in s.items():
@@ -609,3 +629,270 @@ def test_dockerignore_keeps_the_context_small_and_complete():
     for path in (".venv/bin/python", ".git/HEAD", ".itx-models/tiny-random/sd/x", "tests/test_x.py",
                  "workers/__pycache__/app.cpython-311.pyc", "itx-store/runs/x.json", ".env"):
         assert ignored(path), f"{path} would be sent to the Docker daemon"
+
+
+# --- security (docs/security.md) -----------------------------------------------------------
+POLICIES = K8S / "components" / "s3-policies"
+DNS_PORTS, REDIS_PORTS, S3_PORTS = {53}, {6379, 6380}, {443, 9000}
+
+
+def _decoded_secret(overlay: str) -> dict[str, str]:
+    import base64
+
+    (secret,) = objects(overlay, "Secret").values()
+    return {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
+
+
+def test_gpu_secret_inputs_are_examples_in_git_and_the_real_files_are_ignored():
+    tracked = subprocess.run(["git", "ls-files", "k8s/overlays/gpu"], capture_output=True,
+                             text=True, cwd=REPO, check=True).stdout.split()
+    assert "k8s/overlays/gpu/secret.env.example" in tracked
+    assert "k8s/overlays/gpu/redis-ca.pem.example" in tracked
+    for real in ("k8s/overlays/gpu/secret.env", "k8s/overlays/gpu/redis-ca.pem"):
+        assert real not in tracked
+        ignored = subprocess.run(["git", "check-ignore", "-q", real], cwd=REPO, check=False)
+        assert ignored.returncode == 0, f"{real} is not git-ignored"
+
+
+def test_building_the_gpu_overlay_with_change_me_left_fails_in_one_line(tmp_path):
+    check = [sys.executable, str(REPO / "scripts" / "check_overlay_secrets.py")]
+    tree = tmp_path / "k8s"
+    shutil.copytree(k8s_tree(), tree)
+    gpu = tree / "overlays" / "gpu"
+
+    def run():
+        r = subprocess.run([*check, str(gpu)], capture_output=True, text=True, check=False)
+        return r.returncode, r.stderr.strip()
+
+    for p in (gpu / "secret.env", gpu / "redis-ca.pem"):
+        p.unlink()
+    rc, err = run()
+    assert rc == 1 and len(err.splitlines()) == 1 and "redis-ca.pem: missing" in err, err
+    for example in gpu.glob("*.example"):  # copied, nothing filled in
+        shutil.copy(example, example.with_suffix(""))
+    rc, err = run()
+    assert rc == 1 and len(err.splitlines()) == 1, err
+    assert "redis-ca.pem:1" in err, err  # the CA is still the placeholder
+    (gpu / "redis-ca.pem").write_text(filled((gpu / "redis-ca.pem").read_text()))
+    rc, err = run()
+    assert rc == 1 and len(err.splitlines()) == 1, err
+    assert "ITX_BROKER_URL still has CHANGE-ME" in err, err
+    (gpu / "secret.env").write_text(filled((gpu / "secret.env").read_text()))
+    assert run() == (0, "")
+    # and the checkout itself (no real secret.env) does not pass
+    rc, err = subprocess.run([*check, str(K8S / "overlays" / "gpu")], capture_output=True,
+                             text=True, check=False).returncode, ""
+    assert rc == 1
+
+
+def _selects(policy: dict, labels: dict) -> bool:
+    sel = policy["spec"]["podSelector"]
+    if not sel:
+        return True
+    ok = all(labels.get(k) == v for k, v in sel.get("matchLabels", {}).items())
+    for e in sel.get("matchExpressions", []):
+        assert e["operator"] == "In"
+        ok &= labels.get(e["key"]) in e["values"]
+    return ok
+
+
+def _ports(rule: dict) -> set[int]:
+    return {p["port"] for p in rule.get("ports", [])}
+
+
+def _is_dns(rule: dict) -> bool:
+    to = rule.get("to") or [{}]
+    return (len(to) == 1 and to[0].get("namespaceSelector", {}).get("matchLabels") ==
+            {"kubernetes.io/metadata.name": "kube-system"}
+            and to[0].get("podSelector", {}).get("matchLabels") == {"k8s-app": "kube-dns"}
+            and _ports(rule) == DNS_PORTS)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_deny_by_default_and_allow_only_dns_redis_s3(overlay):
+    pols = objects(overlay, "NetworkPolicy")
+    deny = pols["itx-default-deny"]["spec"]
+    assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
+    assert not deny.get("ingress") and not deny.get("egress")
+    deploys = objects(overlay, "Deployment")
+    for q in ("light", "heavy"):
+        labels = deploys[f"itx-{q}"]["spec"]["template"]["metadata"]["labels"]
+        (mine,) = [p for n, p in pols.items() if n != "itx-default-deny" and _selects(p, labels)]
+        spec = mine["spec"]
+        assert set(spec["policyTypes"]) == {"Ingress", "Egress"} and not spec.get("ingress")
+        egress = spec["egress"]
+        assert sum(_is_dns(r) for r in egress) == 1
+        others = [r for r in egress if not _is_dns(r)]
+        for r in others:  # each rule is Redis or S3, never a port more
+            assert _ports(r) and (_ports(r) <= REDIS_PORTS or _ports(r) <= S3_PORTS), r
+        assert set().union(*map(_ports, others)) <= REDIS_PORTS | S3_PORTS
+        assert set().union(*map(_ports, others)) & REDIS_PORTS
+        assert set().union(*map(_ports, others)) & S3_PORTS
+    labels = deploys["itx-flower"]["spec"]["template"]["metadata"]["labels"]
+    (flower,) = [p for n, p in pols.items() if n != "itx-default-deny" and _selects(p, labels)]
+    (ing,) = flower["spec"]["ingress"]
+    (src,) = ing["from"]
+    assert set(src) == {"namespaceSelector"}, "Flower: one named namespace, nothing else"
+    assert set(src["namespaceSelector"]["matchLabels"]) == {"kubernetes.io/metadata.name"}
+    assert _ports(ing) == {5555}
+    egress = flower["spec"]["egress"]
+    assert sum(_is_dns(r) for r in egress) == 1
+    assert set().union(*(_ports(r) for r in egress if not _is_dns(r))) <= REDIS_PORTS
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_workers_and_init_containers_are_locked_down(overlay):
+    classes = objects(overlay, "PriorityClass")
+    for q in ("light", "heavy"):
+        d = objects(overlay, "Deployment")[f"itx-{q}"]
+        spec = d["spec"]["template"]["spec"]
+        assert spec["priorityClassName"] in classes
+        assert classes[spec["priorityClassName"]].get("preemptionPolicy") == "Never"
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for c in pod_containers(d):
+            where = f"{overlay} {q}/{c['name']}"
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True, where
+            assert "ephemeral-storage" in c["resources"]["requests"], where
+            for m in c["volumeMounts"]:
+                v = volumes[m["name"]]
+                assert "emptyDir" in v or m.get("readOnly"), f"{where}: {m} writable, not emptyDir"
+            assert "/home/itx/.cache" in {m["mountPath"] for m in c["volumeMounts"]}, where
+        for c in spec.get("initContainers", []):
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            assert env.get("NVIDIA_VISIBLE_DEVICES") == "void", c["name"]
+    if overlay == "gpu":
+        assert all(objects("gpu", "Deployment")[f"itx-{q}"]["spec"]["template"]["spec"]
+                   .get("initContainers") for q in ("light", "heavy"))
+
+
+def test_gpu_overlay_talks_tls_to_redis_by_default():
+    example = dict(ln.split("=", 1) for ln in
+                   (K8S / "overlays/gpu/secret.env.example").read_text().splitlines()
+                   if ln.strip() and not ln.startswith("#"))
+    for k in ("ITX_BROKER_URL", "ITX_RESULT_BACKEND", "REDIS_FLOWER_BROKER_URL",
+              "REDIS_FLOWER_RESULT_BACKEND"):
+        assert example[k].startswith("rediss://"), k
+    cm = config_map("gpu")
+    assert cm["ITX_REDIS_SSL_CERT_REQS"] == "required"
+    ca_dir = cm["ITX_REDIS_SSL_CA_CERTS"].rsplit("/", 1)[0]
+    secret = _decoded_secret("gpu")
+    assert secret["redis-ca.pem"] and secret["REDIS_TLS"] == "enable"
+    for name, cname in (("itx-light", "worker"), ("itx-heavy", "worker"), ("itx-flower", "flower")):
+        spec = objects("gpu", "Deployment")[name]["spec"]["template"]["spec"]
+        (c,) = [c for c in spec["containers"] if c["name"] == cname]
+        assert container_env("gpu", c)["ITX_REDIS_SSL_CA_CERTS"] == cm["ITX_REDIS_SSL_CA_CERTS"]
+        (m,) = [m for m in c["volumeMounts"] if m["mountPath"] == ca_dir]
+        vol = {v["name"]: v for v in spec["volumes"]}[m["name"]]
+        assert vol["secret"]["items"] == [{"key": "redis-ca.pem", "path": "ca.pem"}]
+    (auth,) = objects("gpu", "TriggerAuthentication").values()
+    params = {r["parameter"]: r["key"] for r in auth["spec"]["secretTargetRef"]}
+    assert secret[params["tls"]] == "enable" and params["ca"] == "redis-ca.pem"
+    assert secret[params["username"]] == "itx-keda"
+
+
+def test_gpu_workers_get_s3_through_workload_identity_with_static_keys_as_fallback():
+    (sa,) = objects("gpu", "ServiceAccount").values()
+    ann = sa["metadata"]["annotations"]
+    assert ann["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    assert ann["iam.gke.io/gcp-service-account"].endswith(".iam.gserviceaccount.com")
+    for q in ("light", "heavy"):
+        d = objects("gpu", "Deployment")[f"itx-{q}"]
+        assert d["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+        for c in pod_containers(d):
+            refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c.get("env", [])
+                    if "secretKeyRef" in e.get("valueFrom", {})}
+            for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                assert refs[k].get("optional") is True, (q, c["name"], k)
+            if c["name"] == "models":  # the init container's keys: models/ read-only
+                assert refs["AWS_ACCESS_KEY_ID"]["key"] == "MODELS_AWS_ACCESS_KEY_ID"
+
+
+def _grants(policy: dict) -> dict[str, set[str]]:
+    """action -> resources it is allowed on."""
+    out: dict[str, set[str]] = {}
+    for st in policy["Statement"]:
+        assert st["Effect"] == "Allow"
+        for a in st["Action"]:
+            assert "*" not in a, f"wildcard action {a}"
+            for r in st["Resource"]:
+                assert r.startswith("arn:aws:s3:::BUCKET"), r
+                out.setdefault(a, set()).add(r.removeprefix("arn:aws:s3:::BUCKET"))
+    return out
+
+
+def test_s3_policies_give_each_role_only_its_prefixes():
+    pol = {p.stem: _grants(json.loads(p.read_text())) for p in POLICIES.glob("*.json")}
+    assert set(pol) == {"worker", "models-init", "models-push", "submitter"}
+    w = pol["worker"]
+    assert w["s3:GetObject"] == {"/itx/inputs/*", "/models/*", "/itx/runs/*"}
+    assert w["s3:PutObject"] == {"/itx/runs/*"}
+    assert set(w) == {"s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload", "s3:ListBucket"}
+    assert pol["models-init"] == {"s3:GetObject": {"/models/*"}, "s3:ListBucket": {""}}
+    writers = {role for role, g in pol.items()
+               if any(r.startswith("/models/") for r in g.get("s3:PutObject", ()))}
+    assert writers == {"models-push"}
+    assert not any(r.startswith("/models") for a in pol["submitter"].values() for r in a)
+    for role, g in pol.items():
+        assert not {"s3:DeleteObject", "s3:PutBucketPolicy"} & set(g), role
+
+
+def test_no_deployment_runs_workers_as_the_stores_root_user():
+    s = compose("compose.yaml")["services"]
+    root = s["minio"]["environment"]["MINIO_ROOT_USER"]
+    for name in ("light", "heavy", "orchestrator"):
+        assert s[name]["environment"]["AWS_ACCESS_KEY_ID"] not in (root, ""), name
+    assert s["light"]["environment"]["AWS_ACCESS_KEY_ID"] == "itx-worker"
+    assert s["orchestrator"]["environment"]["AWS_ACCESS_KEY_ID"] == "itx-submitter"
+    init = (POLICIES / "minio-init.sh").read_text()
+    assert "admin user add" in init and "admin policy attach" in init
+    assert "/policies" in json.dumps(s["minio-init"]["volumes"])
+    cpu = compose("compose.yaml", "compose.cpu.yaml")["services"]
+    assert cpu["light-cpu"]["environment"]["AWS_ACCESS_KEY_ID"] == "itx-worker"
+    dev = _decoded_secret("dev")
+    assert dev["AWS_ACCESS_KEY_ID"] != dev["MINIO_ROOT_USER"]
+    minio = objects("dev", "Deployment")["minio"]["spec"]["template"]["spec"]["containers"][0]
+    root_key = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in minio["env"]
+                if "valueFrom" in e}["MINIO_ROOT_USER"]
+    for q in ("light", "heavy"):
+        c = worker_container(objects("dev", "Deployment")[f"itx-{q}"])
+        keys = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in c["env"]
+                if "valueFrom" in e}
+        assert keys["AWS_ACCESS_KEY_ID"] != root_key
+
+
+def _user(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).username or "default"
+
+
+def test_every_role_has_its_own_redis_user_in_every_deployment():
+    acl = (K8S / "components" / "redis-acl" / "users.acl").read_text()
+    users = {ln.split()[1] for ln in acl.splitlines() if ln.startswith("user ")}
+    assert users == {"default", "itx-worker", "itx-submitter", "itx-flower", "itx-keda"}
+    s = compose("compose.yaml")["services"]
+    for name, user in (("light", "itx-worker"), ("heavy", "itx-worker"),
+                       ("flower", "itx-flower"), ("orchestrator", "itx-submitter")):
+        for k in ("ITX_BROKER_URL", "ITX_RESULT_BACKEND"):
+            assert _user(s[name]["environment"][k]) == user, (name, k)
+    assert "redis-acl" in json.dumps(s["redis"]["volumes"])
+    dev = _decoded_secret("dev")
+    for overlay, secret in (("dev", dev), ("gpu", _decoded_secret("gpu"))):
+        for name, cname, user in (("itx-light", "worker", "itx-worker"),
+                                  ("itx-flower", "flower", "itx-flower")):
+            spec = objects(overlay, "Deployment")[name]["spec"]["template"]["spec"]
+            (c,) = [c for c in spec["containers"] if c["name"] == cname]
+            keys = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in c["env"]
+                    if "valueFrom" in e}
+            assert _user(secret[keys["ITX_BROKER_URL"]]) == user, (overlay, name)
+    redis = objects("dev", "Deployment")["redis"]["spec"]["template"]["spec"]
+    assert "itx-redis-acl" in json.dumps(redis["volumes"])
+    assert _decoded_secret("gpu")["REDIS_USERNAME"] == "itx-keda"
+
+
+def test_flower_is_pinned_past_its_csrf_fixes_and_documented_behind_oauth():
+    text = (REPO / "pyproject.toml").read_text()
+    assert re.search(r'"flower>=2\.2[",]', text)
+    assert re.search(r'"flower>=2\.2', (DOCKER / "Dockerfile").read_text())
+    doc = (REPO / "docs" / "security.md").read_text()
+    assert "oauth2-proxy" in doc

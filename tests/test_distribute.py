@@ -129,7 +129,7 @@ def test_select_hub_files_keeps_what_pytorch_inference_loads():
 def test_optional_models_are_those_outside_the_default_pipeline():
     optional = set(profile_refs("base")) - set(required_refs("base"))
     assert {"DeepFloyd/IF-I-M-v1.0", "DeepFloyd/IF-II-M-v1.0", "black-forest-labs/FLUX.1-schnell",
-            "Qwen/Qwen2.5-VL-3B-Instruct"} <= optional
+            "Qwen/Qwen2.5-VL-3B-Instruct", "openai/clip-vit-base-patch32"} <= optional
     assert not optional & set(required_refs("base"))
     assert "Salesforce/blip-image-captioning-base" in required_refs("base", "light")
     assert "Qwen/Qwen2.5-VL-3B-Instruct" in profile_refs("base", "heavy")  # routed heavy
@@ -252,7 +252,8 @@ def test_importing_distribution_does_not_import_torch():
 
 
 # --- the tiny-random set: built, pushed, pulled, loaded ----------------------------------------
-def test_tiny_random_set_round_trips_and_loads(tmp_path, s3, bucket, model_dir, photos):
+def test_tiny_random_set_round_trips_and_loads(tmp_path, s3, bucket, model_dir, photos,
+                                               monkeypatch):
     from workers.models import tiny
 
     try:
@@ -285,8 +286,15 @@ def test_tiny_random_set_round_trips_and_loads(tmp_path, s3, bucket, model_dir, 
     from workers.models.cache import load_backend
     from workers.models.loader import resolve_model
 
-    # the loader takes the pulled checkpoint as it is (its build marker travelled with it)
+    from workers.settings import reset_settings
+
+    # the loader takes the pulled checkpoint as it is (its build marker travelled with it);
+    # a path is loaded only inside a directory the operator names (docs/security.md)
     assert resolve_model("tiny-random/blip", model_dir=dest) == str(dest / "tiny-random/blip")
+    monkeypatch.setenv("ITX_MODEL_ROOTS", str(dest))
+    reset_settings()
     captioner = load_backend("caption", "blip", ref=str(dest / "tiny-random/blip"), device="cpu")
+    monkeypatch.delenv("ITX_MODEL_ROOTS")
+    reset_settings()
     out = captioner.run([photos[0].convert("RGB")])
     assert len(out) == 1 and isinstance(out[0], str)

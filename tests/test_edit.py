@@ -66,6 +66,7 @@ def test_unicode_and_empty_texts():
     ("template:{caption:vit}", "names captioner 'vit'"),
     ("template:{vqa:how many?}", "asks 'how many?'"),
     ("template:{caption", "unmatched '{'"),
+    ("template:{meta:}", "{meta:} needs a field name"),
     ("template:oops}", "unmatched '}'"),
     ("regex:/(/x/", "missing )"),
     ("regex:/a/\\2/", "invalid group reference"),
@@ -81,6 +82,15 @@ def test_errors(rule, message):
     with pytest.raises(EditRuleError) as e:
         parse_rule(rule, captioners=["blip", "git"], questions=["what color is it?"])
     assert message in str(e.value)
+
+
+def test_meta_placeholder_fills_from_the_items_metadata_and_empty_when_missing():
+    t = Texts(captions={"blip": "a cat"}, caption_model="blip",
+              meta={"caption": "LAION alt text", "key": "000123", "n": 7})
+    assert prompt(["template:{caption}, {meta:caption} ({meta:key}, {meta: n})"], t) == \
+        "a cat, LAION alt text (000123, 7)"
+    assert prompt(["template:{caption}, {meta:caption}"], T) == "a cat sitting on a mat,"
+    assert parse_rule("template:{meta:anything at all}").kind == "template"
 
 
 def test_ocr_placeholder_needs_ocr():

@@ -30,13 +30,16 @@ def test_profiles_name_every_stage_backend():
 
 
 def test_stage_table():
-    assert table.names("caption") == ["blip", "git", "vit-gpt2", "florence-2", "smolvlm",
+    def names(stage):  # itx's own (other tests may have imported plugin backends)
+        return [d.name for d in table.decls(stage) if table.builtin(d)]
+
+    assert names("caption") == ["blip", "git", "vit-gpt2", "florence-2", "smolvlm",
                                       "qwen2.5-vl", "blip2"]
-    assert table.names("generate")[:3] == ["sd", "sd-img2img", "if"]
+    assert names("generate")[:3] == ["sd", "sd-img2img", "if"]
     assert {"if-ii", "if-iii", "sd-turbo", "sdxl-turbo-img2img", "flux-schnell"} <= \
-        set(table.names("generate"))
-    assert set(table.names("ocr")) == {"easyocr", "rapidocr", "tesseract", "florence-2"}
-    assert set(table.names("vqa")) == {"blip-vqa", "smolvlm", "qwen2.5-vl", "blip2"}
+        set(names("generate"))
+    assert set(names("ocr")) == {"easyocr", "rapidocr", "tesseract", "florence-2"}
+    assert set(names("vqa")) == {"blip-vqa", "smolvlm", "qwen2.5-vl", "blip2"}
     hf = table.get("caption", "some/hf-model")
     assert hf.load_class() is table.get("caption", "blip").load_class()
     assert hf.ref("base") == "some/hf-model"
@@ -127,3 +130,26 @@ def test_models_tiny_and_list_cli(tmp_path):
     r = subprocess.run([str(itx), "models", "list", "--profile", "tiny-random"], capture_output=True,
                        text=True, env={**env, "COLUMNS": "200"}, timeout=60)
     assert r.returncode == 0 and "tiny-random/blip" in r.stdout and "yes" in r.stdout
+
+
+def test_readme_model_table_is_the_stage_table():
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- models:begin -->\n", 1)[1].split("\n<!-- models:end -->", 1)[0]
+    assert block == table.markdown(plugins=False), \
+        "run `itx models table` and paste it into the README"
+    for d in filter(table.builtin, table.decls()):
+        assert f"`{d.name}`" in block
+
+
+def test_record_schema_in_docs_is_current():
+    import json
+
+    from workers.records import ResultRecord, record_schema
+
+    assert json.loads((REPO / "docs" / "record.schema.json").read_text()) == record_schema(), \
+        "run `python -m workers.records > docs/record.schema.json`"
+    # a record of the previous version (no new optional fields) is still valid
+    old = {"id": "x", "source": "a.jpg", "image": "file:///s/inputs/a.jpg", "ocr": None,
+           "captions": {"blip": "a cat"}, "vqa": {}, "prompt": "a cat", "outputs": [],
+           "models": {}, "timings_ms": {}, "error": None}
+    assert ResultRecord.model_validate(old).captions == {"blip": "a cat"}

@@ -11,7 +11,9 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from workers.models.cache import load_backend
-from workers.stages.ocr import RapidOCR, Tesseract, assemble
+from workers.stages.ocr import assemble
+from workers.stages.ocr.rapidocr import RapidOCR
+from workers.stages.ocr.tesseract import Tesseract
 
 SIGN, SENTENCE = "OPEN 24 HOURS", "The quick brown fox"
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")  # Debian fonts-dejavu-core
@@ -151,7 +153,7 @@ def test_craft_at_full_width_is_easyocrs_craft():
     """The detector loader takes EasyOCR's real craft_mlt_25k.pth: same keys, same shapes."""
     from easyocr.craft import CRAFT
 
-    from workers.stages.ocr import craft_net
+    from workers.stages.ocr.easyocr import craft_net
 
     ours, theirs = craft_net(1.0).state_dict(), CRAFT().state_dict()
     assert list(ours) == list(theirs)

@@ -65,10 +65,10 @@ def test_html_has_one_card_per_item_and_escapes_everything(tmp_path, batch):
     assert cards_of(html) == ["ok", "ok", "failed", "ok", "ok"]
     for k in range(5):
         if k != 2:
-            assert f"&lt;b&gt;bold&lt;/b&gt; &amp; &#x27;quoted&#x27; &quot;cat&quot; {k}" in html
+            assert f"&lt;b&gt;bold&lt;/b&gt; &amp; &#39;quoted&#39; &#34;cat&#34; {k}" in html
             assert f"a cat &lt;img src=x onerror=alert(1)&gt;, watercolor {k}" in html
             assert f"OPEN 24 HOURS {k}" in html and f"thing {k}" in html
-    assert "CUDA out of memory &lt;/pre&gt;&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
+    assert "CUDA out of memory &lt;/pre&gt;&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
     # nothing untrusted reached the markup unescaped
     assert "<b>bold" not in html and "onerror=alert(1)>" not in html
     assert html.count("<script>") == 1  # ours only
@@ -191,3 +191,78 @@ def test_contact_sheet_missing_images_and_empty(tmp_path, batch):
     assert grid == (2, 1) and Image.open(path).size == (128, 88)
     with pytest.raises(ValueError, match="no records"):
         contact_sheet([], tmp_path / "e.png")
+
+
+# --- scores: on every card, sort and filter, distributions, sheet order --------------------------
+SCORED = {"r1": 0.31, "r2": 0.92, "r4": 0.55, "r5": 0.74}  # clip:prompt; r3 failed: none
+
+
+@pytest.fixture()
+def scored(batch):
+    for r in batch:
+        if r["id"] in SCORED:
+            r["scores"] = {"clip:prompt": SCORED[r["id"]], "clip:caption:blip": 1.0 - SCORED[r["id"]]}
+            r["scores"].update({f"clip-i:output:{k}": 0.5 + 0.1 * k for k in range(len(r["outputs"]))})
+            r["flags"] = {f"nsfw:output:{k}": k == 1 for k in range(len(r["outputs"]))}
+    batch[0]["prompt_caption"] = "blip"
+    return batch
+
+
+def test_scores_on_cards_and_controls(tmp_path, scored):
+    import html as htmllib
+    import json
+
+    from orchestrator.report import score_plot
+
+    out = tmp_path / "report"
+    plot = score_plot(scored, out / "scores.png")
+    index = write_report(scored, out, plot=plot.name, sort_by="clip:prompt")
+    page = index.read_text()
+    assert page.count("<h3>Scores</h3>") == 4 and "<dt>clip:prompt</dt><dd>0.9200</dd>" in page
+    assert '<dd class="flag">yes</dd>' in page and "from the best caption: blip" in page
+    data = re.findall(r'id="item-(\w+)" data-scores="([^"]*)"', page)
+    assert {rid: json.loads(htmllib.unescape(d))["clip:prompt"] for rid, d in data} == SCORED
+    assert '<option value="clip:prompt" selected>' in page and 'value="clip-i:output:1"' in page
+    assert 'src="scores.png"' in page and 'href="scores.png"' in page
+    im = Image.open(plot)
+    assert im.size[0] >= 800 and max(ImageStat.Stat(im.convert("L")).stddev) > 20
+    # a report of unscored records has no score controls
+    assert 'id="sort-key"' not in write_report([dict(r, scores={}) for r in scored],
+                                          tmp_path / "plain").read_text()
+    assert score_plot([{"scores": {}}], tmp_path / "none.png") is None
+
+
+@needs_chromium
+def test_chromium_sorts_and_filters_by_score(tmp_path, scored):
+    out = tmp_path / "report"
+    index = write_report(scored, out, sort_by="clip:prompt")
+
+    def order(dom):
+        return re.findall(r'<article class="card \w+" data-status="\w+" id="item-(\w+)"', dom)
+
+    def visible(dom):
+        return [rid for rid, hidden in re.findall(
+            r'<article class="card \w+"[^>]*?id="item-(\w+)"[^>]*?(hidden="")?>', dom) if not hidden]
+
+    dom = _chromium("--dump-dom", index.as_uri(), tmp=tmp_path).stdout
+    assert order(dom) == ["r2", "r5", "r4", "r1", "r3"]  # highest first, unscored last
+    dom = _chromium("--dump-dom", index.as_uri() + "?sort=clip:prompt&dir=asc", tmp=tmp_path).stdout
+    assert order(dom) == ["r1", "r4", "r5", "r2", "r3"]
+    dom = _chromium("--dump-dom", index.as_uri() + "?sort=&key=clip:prompt&min=0.5&max=0.8",
+                    tmp=tmp_path).stdout
+    assert order(dom) == ["r1", "r2", "r3", "r4", "r5"] and visible(dom) == ["r4", "r5"]
+    assert '<span id="shown" class="summary">2 shown</span>' in dom
+
+
+def test_contact_sheet_in_score_order(tmp_path, scored):
+    from orchestrator.report import by_score
+
+    assert [r["id"] for r in by_score(scored, "clip:prompt")] == ["r2", "r5", "r4", "r1", "r3"]
+    assert [r["id"] for r in by_score(scored, "clip:prompt", True)] == ["r1", "r4", "r5", "r2", "r3"]
+    a, grid = contact_sheet(scored, tmp_path / "a.png", cell=64, band=24, sort_by="clip:prompt")
+    b, _ = contact_sheet(by_score(scored, "clip:prompt"), tmp_path / "b.png", cell=64, band=24)
+    ia, ib = Image.open(a).convert("RGB"), Image.open(b).convert("RGB")
+    for row in range(grid[1]):  # the same tiles in the same rows; the bands add the score
+        box = (0, row * 88, ia.width, row * 88 + 64)
+        assert ia.crop(box).tobytes() == ib.crop(box).tobytes()
+    assert ia.tobytes() != ib.tobytes()

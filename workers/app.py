@@ -13,6 +13,7 @@ from celery.signals import heartbeat_sent
 from kombu import Queue
 
 from workers.settings import get_settings
+from workers.tls import amqp_tls, warn_unverified
 
 from workers.stages.table import HEAVY, LIGHT
 
@@ -38,17 +39,25 @@ def celery_config(s=None) -> dict:
     redis_opts = {"visibility_timeout": visibility,
                   "unacked_restore_interval": max(1, min(10, visibility // 10)),
                   "unacked_restore_throttle": 1}
+    broker, backend = s.broker_url.get_secret_value(), s.result_backend.get_secret_value()
     tls = {}
-    if s.broker_url.startswith("rediss://"):
+    if broker.startswith("rediss://"):
         tls["broker_use_ssl"] = redis_tls(s)
-    if s.result_backend.startswith("rediss://"):
+    elif broker.startswith("amqps://"):
+        tls["broker_use_ssl"] = amqp_tls(s)
+    if backend.startswith("rediss://"):
         tls["redis_backend_use_ssl"] = redis_tls(s)
+    if "rediss://" in (broker[:9], backend[:9]):
+        warn_unverified(s)
     return dict(
         **tls,
-        broker_url=s.broker_url,
-        result_backend=s.result_backend,
+        broker_url=broker,
+        result_backend=backend,
         # JSON only, in both directions
         task_serializer="json",
+        # task messages are zlib-compressed JSON: a chunk's seven messages carry chord and
+        # chain bookkeeping that Redis holds three times over; this is a third of the bytes
+        task_compression="zlib",
         result_serializer="json",
         accept_content=["json"],
         result_accept_content=["json"],
@@ -79,10 +88,12 @@ def celery_config(s=None) -> dict:
         worker_soft_shutdown_timeout=s.soft_shutdown_timeout,
         result_expires=7 * 24 * 3600,
         result_extended=False,
-        # Flower and progress: workers send task events (received, started, succeeded, …);
-        # no extra "sent" event per task from the submitter and no STARTED state write to
-        # the result backend: both cost broker traffic per task and nothing reads them
-        worker_send_task_events=True,
+        # task events (received, started, succeeded, …) only while someone monitors:
+        # Flower turns them on in every worker itself (its enable_events option, on by
+        # default, broadcasts `enable_events` every 5 s); `celery worker -E` forces them.
+        # No "sent" event per task from the submitter and no STARTED state write to the
+        # result backend: all three cost broker traffic per task and nothing else reads them
+        worker_send_task_events=False,
         task_send_sent_event=False,
         task_track_started=False,
         worker_hijack_root_logger=False,

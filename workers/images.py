@@ -11,6 +11,25 @@ import warnings
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+# the only decoders untrusted bytes reach (docs/security.md): Pillow's others (PSD, EPS, which
+# runs Ghostscript, FITS, ICO, …) are never tried
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+
+def _other_format(data: bytes) -> str | None:
+    """The name of a Pillow format outside FORMATS whose signature the bytes carry (its
+    ``accept`` test looks at the first bytes only; nothing is decoded), else None."""
+    Image.init()
+    prefix = data[:16]
+    for fmt, (_factory, accept) in Image.OPEN.items():
+        if fmt in FORMATS or accept is None:
+            continue
+        try:
+            if accept(prefix):
+                return fmt
+        except Exception:
+            continue
+    return None
 
 
 class ItemError(Exception):
@@ -34,7 +53,7 @@ def decode_image(data: bytes, *, max_pixels: int, max_bytes: int | None = None) 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
             w, h = img.size
             if w * h > max_pixels:
                 raise ItemError("too_many_pixels",
@@ -48,6 +67,10 @@ def decode_image(data: bytes, *, max_pixels: int, max_bytes: int | None = None) 
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ItemError("too_many_pixels", f"decompression bomb: {e}") from None
     except UnidentifiedImageError:
+        other = _other_format(data)
+        if other:
+            raise ItemError("unsupported_format", f"{other} images are not read (only "
+                            f"{', '.join(FORMATS)})") from None
         raise ItemError("not_an_image", "the file is not an image in a supported format") from None
     except OSError as e:
         msg = str(e)

@@ -40,6 +40,8 @@ class Item(_Model):
     edit: list[str] = Field(default_factory=list)  # per-item edit rules (manifests)
     coco_id: int | None = None
     file_name: str | None = None
+    prior_attempts: int | None = None  # `itx retry`: the attempts of the record it replaces
+    meta: dict[str, Any] | None = None  # a dataset sample's key, shard and kept columns
 
 
 class Pointer(_Model):
@@ -80,6 +82,8 @@ class StagePartial(_Model):
     ms: dict[str, float | None] = Field(default_factory=dict)
     attempts: int | None = None
     store_retries: int | None = None
+    reused: list[str] = Field(default_factory=list)  # ids whose result came from reuse/
+    cancelled: bool = False  # the batch was cancelled: compose writes no records
 
     @classmethod
     def failed(cls, stage: str, items: list[Item], msg: str) -> "StagePartial":
@@ -111,7 +115,15 @@ class ResultRecord(_Model):
     captions: dict[str, str] = Field(default_factory=dict)
     vqa: dict[str, str] = Field(default_factory=dict)
     prompt: str | None = None
+    # with caption_for_prompt=best: the captioner whose caption (highest CLIPScore) the
+    # prompt started from
+    prompt_caption: str | None = None
     outputs: list[str | None] = Field(default_factory=list)
+    # reference-free scores (--score): "clip:caption:<c>", "clip:prompt", "clip:output:<k>",
+    # "clip-i:output:<k>", "ocr-readback:output:<k>" (see workers.stages.score)
+    scores: dict[str, float] = Field(default_factory=dict)
+    # verdicts per generated image, e.g. the safety checker's "nsfw:output:<k>"
+    flags: dict[str, bool] = Field(default_factory=dict)
     models: dict[str, str] = Field(default_factory=dict)  # "stage:backend" -> ref
     timings_ms: dict[str, float | None] = Field(default_factory=dict)
     error: str | None = None
@@ -120,15 +132,17 @@ class ResultRecord(_Model):
     finished_at: float | None = None
     coco_id: int | None = None
     file_name: str | None = None
+    reused: list[str] = Field(default_factory=list)  # "stage:backend" taken from an earlier run
+    meta: dict[str, Any] | None = None  # dataset inputs: key, shard, kept columns (capped)
 
     @classmethod
     def of(cls, item: Item) -> "ResultRecord":
         return cls(id=item.id, source=item.source, image=item.image, error=item.error,
-                   coco_id=item.coco_id, file_name=item.file_name)
+                   coco_id=item.coco_id, file_name=item.file_name, meta=item.meta)
 
     def dump(self) -> dict:
         d = self.model_dump(mode="json")
-        for k in ("coco_id", "file_name"):  # only where the input had them
+        for k in ("coco_id", "file_name", "meta", "prompt_caption"):  # only where they apply
             if d.get(k) is None:
                 d.pop(k, None)
         return d
@@ -152,6 +166,7 @@ class ChunkSummary(_Model):
     done: int
     failed: int
     ids: list[str]
+    cancelled: int = 0  # items left without a record because the batch was cancelled
 
 
 def record_schema() -> dict:

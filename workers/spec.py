@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from workers.models.profiles import PROFILES, defaults
 from workers.stages import table
 from workers.stages.edit import parse_rules
+from workers.stages.score import BEST
 
 OFF = ("none", "off", "")
 
@@ -26,7 +27,8 @@ class PipelineSpec(BaseModel):
     profile: str | None = None
     ocr: str | None = None
     captioners: list[str] | None = None
-    caption_for_prompt: str | None = None  # whose caption {caption} and the base prompt use
+    # whose caption {caption} and the base prompt use; "best": the highest CLIPScore's
+    caption_for_prompt: str | None = None
     vqa: list[str] = Field(default_factory=list)
     vqa_backend: str | None = None  # who answers them; None: the profile's
     edits: list[str] = Field(default_factory=list)
@@ -41,6 +43,11 @@ class PipelineSpec(BaseModel):
     caption_prompt: str | None = Field(None, max_length=2000)  # what chat VLMs are asked (or a
     #                                     Florence-2 task token such as <DETAILED_CAPTION>)
     models: dict[str, str] = Field(default_factory=dict)  # "<stage>:<backend>" -> ref override
+    # take header stage outputs an earlier run kept for the same image, model and options
+    # (workers/pipeline/reuse.py); False (`--no-reuse`) recomputes them. Not in the fingerprint
+    reuse: bool = True
+    score: bool = False  # reference-free scores in every record (workers.stages.score)
+    scorer: str | None = None  # the score backend; None: the profile's
     # set on what resolved() returns: there None means "off", so resolving again must not
     # read it as "the profile's default"
     _resolved: bool = PrivateAttr(default=False)
@@ -70,6 +77,8 @@ class PipelineSpec(BaseModel):
                     raise ValueError(f"{e} or none") from None
         if self.vqa_backend is not None:
             table.get("vqa", self.vqa_backend)
+        if self.scorer is not None:
+            table.get("score", self.scorer)
         for c in self.captioners or []:
             table.get("caption", c)
         for key in self.models:
@@ -77,8 +86,11 @@ class PipelineSpec(BaseModel):
             table.get(stage, name)
         if self.captioners is not None and len(set(self.captioners)) != len(self.captioners):
             raise ValueError("a captioner is listed twice")
-        if self.caption_for_prompt and self.captioners is not None \
-                and self.caption_for_prompt not in self.captioners:
+        if self.caption_for_prompt == BEST and self.captioners is not None \
+                and not self.captioners:
+            raise ValueError("caption_for_prompt 'best' needs at least one captioner")
+        if self.caption_for_prompt and self.caption_for_prompt != BEST \
+                and self.captioners is not None and self.caption_for_prompt not in self.captioners:
             raise ValueError(f"caption_for_prompt {self.caption_for_prompt!r} is not among the "
                              f"captioners {self.captioners}")
         return self
@@ -104,6 +116,8 @@ class PipelineSpec(BaseModel):
             size=self.size or size_steps.get("size") or d["size"],
             steps=self.steps or size_steps.get("steps") or d["steps"],
             guidance=fam.get("guidance", 7.5) if self.guidance is None else self.guidance,
+            scorer=(self.scorer or d["scorer"]) if self.score or self.caption_for_prompt == BEST
+            else None,
             caption_for_prompt=self.caption_for_prompt or (caps[0] if caps else None)))
         spec.rules(extra_questions=[])  # checks every rule before any work starts
         spec._resolved = True
@@ -127,5 +141,9 @@ class PipelineSpec(BaseModel):
 
     def fingerprint(self) -> str:
         """A hash of everything that changes an item's result (for deterministic item ids)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        d = self.model_dump(mode="json", exclude={"reuse"})
+        for k in ("score", "scorer"):  # added later: off, they leave earlier ids as they were
+            if not d[k]:
+                d.pop(k)
+        blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -90,9 +90,17 @@ class Store:
     def put(self, key: str, data: bytes, content_type: str | None = None) -> str:
         raise NotImplementedError
 
+    def put_if_absent(self, key: str, data: bytes, content_type: str | None = None) -> bool:
+        """Create ``key`` only if no object is there, atomically (one of racing writers wins);
+        True if this call created it."""
+        raise NotImplementedError
+
     def get(self, uri_or_key: str, max_bytes: int | None = None) -> bytes:
         """The object's bytes; ``TooLargeError`` (before reading it) if over ``max_bytes``."""
         raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise ``StoreError`` (one line: what is down, what to do) if the store is unusable."""
 
     def exists(self, uri_or_key: str) -> bool:
         raise NotImplementedError
@@ -104,6 +112,15 @@ class Store:
     def delete(self, uri_or_key: str) -> None:
         raise NotImplementedError
 
+    def dirs(self, prefix: str = "") -> Iterator[str]:
+        """The "folders" right under ``prefix`` (which ends in ``/``), e.g. batch names under
+        ``runs/``, without listing what they hold."""
+        raise NotImplementedError
+
+    def sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """``(key, bytes)`` under ``prefix``, in lexical order."""
+        raise NotImplementedError
+
     def presign(self, uri_or_key: str, expires: int = 7 * 24 * 3600) -> str:
         return self.url(self.key_of(uri_or_key))
 
@@ -111,6 +128,10 @@ class Store:
     def put_json(self, key: str, obj) -> str:
         return self.put(key, json.dumps(obj, ensure_ascii=False, sort_keys=False).encode(),
                         "application/json")
+
+    def put_json_if_absent(self, key: str, obj) -> bool:
+        return self.put_if_absent(key, json.dumps(obj, ensure_ascii=False).encode(),
+                                  "application/json")
 
     def get_json(self, uri_or_key: str):
         return json.loads(self.get(uri_or_key))
@@ -164,6 +185,35 @@ class FileStore(Store):
         os.replace(tmp, p)  # atomic: readers see the old or the new object, never half
         return self.url(self.key_of(key))
 
+    def put_content(self, data: bytes, ext: str, prefix: str = "inputs") -> tuple[str, bool]:
+        """As ``Store.put_content``, resolving the path once (staging calls this per item)."""
+        key = content_key(data, ext, prefix)
+        p = self._path(key)
+        if p.is_file():
+            return self.url(key), False
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, p)
+        return self.url(key), True
+
+    def put_if_absent(self, key, data, content_type=None):
+        p = self._path(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        try:
+            os.link(tmp, p)  # like O_CREAT|O_EXCL, and readers never see a half-written file
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def check(self):
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"the store {self.uri} is not a folder (ITX_STORE)")
+
     def get(self, uri_or_key, max_bytes=None):
         p = self._path(uri_or_key)
         try:
@@ -206,6 +256,18 @@ class FileStore(Store):
             self._path(uri_or_key).unlink()
         except FileNotFoundError:
             pass
+
+    def dirs(self, prefix=""):
+        d = self.root / _clean_key(prefix) if prefix else self.root
+        if d.is_dir():
+            yield from sorted(e.name for e in os.scandir(d) if e.is_dir(follow_symlinks=False))
+
+    def sizes(self, prefix=""):
+        for key in self.list(prefix):
+            try:
+                yield key, (self.root / key).stat().st_size
+            except FileNotFoundError:
+                pass
 
     def local_path(self, uri_or_key: str) -> Path:
         return self._path(uri_or_key)
@@ -290,6 +352,38 @@ class S3Store(Store):
         self._call(self.client.put_object, Bucket=self.bucket, Key=self._full(key), Body=data, **extra)
         return self.url(key)
 
+    def put_if_absent(self, key, data, content_type=None):
+        key = self.key_of(key)
+        extra = {"ContentType": content_type} if content_type else {}
+        try:
+            self._call(self.client.put_object, Bucket=self.bucket, Key=self._full(key),
+                       Body=data, IfNoneMatch="*", **extra)
+            return True
+        except StoreError as e:  # 412: it exists; 409: a concurrent conditional write won
+            if "PreconditionFailed" in str(e) or "ConditionalRequestConflict" in str(e) \
+                    or "412" in str(e) or "409" in str(e):
+                return False
+            raise
+
+    def check(self):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        endpoint = self.client.meta.endpoint_url
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise StoreError(f"bucket {self.bucket!r} does not exist at {endpoint}: create "
+                                 f"it, or point ITX_STORE at another") from None
+            if code in ("403", "AccessDenied", "Forbidden"):
+                raise StoreError(f"access to bucket {self.bucket!r} at {endpoint} is denied: "
+                                 f"check the credentials") from None
+            raise StoreError(f"S3 at {endpoint}: {code}") from None
+        except BotoCoreError as e:
+            raise StoreError(f"cannot reach S3 at {endpoint} (AWS_ENDPOINT_URL): "
+                             f"{type(e).__name__}; is it running?") from None
+
     def get(self, uri_or_key, max_bytes=None):
         key = self.key_of(uri_or_key)
         r = self._call(self.client.get_object, Bucket=self.bucket, Key=self._full(key))
@@ -298,6 +392,12 @@ class S3Store(Store):
             r["Body"].close()
             raise TooLargeError(f"{size} bytes is over the limit of {max_bytes}")
         try:
+            if max_bytes is not None:  # bounded even when the length was not declared
+                data = r["Body"].read(max_bytes + 1)
+                if len(data) > max_bytes:
+                    r["Body"].close()
+                    raise TooLargeError(f"over {max_bytes} bytes, the limit")
+                return data
             return r["Body"].read()
         except Exception as e:  # the connection broke while streaming the body
             from botocore.exceptions import BotoCoreError
@@ -319,16 +419,27 @@ class S3Store(Store):
             raise
 
     def list(self, prefix=""):
+        return (key for key, _ in self.sizes(prefix))
+
+    def delete(self, uri_or_key):
+        key = self.key_of(uri_or_key)
+        self._call(self.client.delete_object, Bucket=self.bucket, Key=self._full(key))
+
+    def dirs(self, prefix=""):
+        prefix = _clean_key(prefix).rstrip("/") + "/" if prefix else ""
+        paginator = self.client.get_paginator("list_objects_v2")
+        full = self._full(prefix)
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full, Delimiter="/"):
+            for p in page.get("CommonPrefixes", []):
+                yield p["Prefix"][len(full):].rstrip("/")
+
+    def sizes(self, prefix=""):
         prefix = _clean_key(prefix) if prefix else ""
         paginator = self.client.get_paginator("list_objects_v2")
         strip = len(self.prefix) + 1 if self.prefix else 0
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full(prefix)):
             for obj in page.get("Contents", []):
-                yield obj["Key"][strip:]
-
-    def delete(self, uri_or_key):
-        key = self.key_of(uri_or_key)
-        self._call(self.client.delete_object, Bucket=self.bucket, Key=self._full(key))
+                yield obj["Key"][strip:], obj["Size"]
 
     def presign(self, uri_or_key, expires=7 * 24 * 3600):
         key = self.key_of(uri_or_key)

@@ -11,13 +11,14 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
+from workers import control
 from workers.app import app
-from workers.pipeline.compose import compose as pipeline_compose
+from workers.pipeline.compose import compose as pipeline_compose, timed_out
 from workers.pipeline.generate import generate as pipeline_generate
 from workers.pipeline.read import hand_on, load_chunk, load_partial, load_state
 from workers.pipeline.run import run_stage
 from workers.pipeline.write import finish
-from workers.records import Chunk, StagePartial
+from workers.records import Chunk, ChunkSummary, ResultRecord, StagePartial
 from workers.settings import get_settings
 from workers.stages import table
 from workers.storage import TransientStoreError, store_retries
@@ -65,8 +66,16 @@ def _header(task: StageTask, chunk: Chunk, stage: str, name: str) -> dict:
     retry, gives error partials, so the chord goes on and every item still gets its record."""
     key = f"{stage}:{name}"
     r0 = store_retries()
+    lost = control.poisoned(task)  # counts this delivery: call first
     try:
-        out = run_stage(chunk, stage, name)
+        if control.is_cancelled(chunk.batch):
+            out = StagePartial(stage=key, cancelled=True)
+        elif lost:
+            out = StagePartial.failed(key, chunk.items, lost)
+        else:
+            out = run_stage(chunk, stage, name)
+    except control.Cancelled:
+        out = StagePartial(stage=key, cancelled=True)
     except SoftTimeLimitExceeded:
         out = StagePartial.failed(key, chunk.items, f"timeout: {key} overran its time limit")
     except TransientStoreError as e:
@@ -78,6 +87,11 @@ def _header(task: StageTask, chunk: Chunk, stage: str, name: str) -> dict:
     return hand_on(chunk, key, out)
 
 
+def _cancelled(batch: str, chunk: int, n: int) -> dict:
+    """A cancelled chunk's summary: no records written (``--resume`` runs its items later)."""
+    return ChunkSummary(batch=batch, chunk=chunk, done=0, failed=0, ids=[], cancelled=n).dump()
+
+
 @app.task(name="itx.stage", **LIGHT)
 def stage(self, msg: dict, stage: str, name: str) -> dict:
     """One header stage (ocr, caption, vqa, …) of one chunk; its queue comes from the table."""
@@ -87,9 +101,25 @@ def stage(self, msg: dict, stage: str, name: str) -> dict:
 @app.task(name="itx.compose", **LIGHT)
 def compose(self, partials: list[dict], msg: dict) -> dict:
     r0 = store_retries()
+    lost = control.poisoned(self)
     chunk = load_chunk(msg)
-    state = pipeline_compose([load_partial(p) for p in partials or []], chunk,
-                             attempts=self.attempt)
+    parts = [load_partial(p) for p in partials or []]
+    if any(p.cancelled for p in parts) or control.is_cancelled(chunk.batch, fresh=True):
+        return _cancelled(chunk.batch, chunk.chunk, len(chunk.items))
+    if lost:  # compose itself (a header stage it runs inline) kills its worker
+        from workers.records import ComposeState
+
+        recs = [ResultRecord.of(it) for it in chunk.items]
+        for r in recs:
+            r.error = r.error or lost
+        return finish(ComposeState(batch=chunk.batch, chunk=chunk.chunk, spec=chunk.spec,
+                                   records=recs))
+    try:
+        state = pipeline_compose(parts, chunk, attempts=self.attempt)
+    except control.Cancelled:
+        return _cancelled(chunk.batch, chunk.chunk, len(chunk.items))
+    except SoftTimeLimitExceeded:  # e.g. edit rules: every item still gets its record
+        return finish(timed_out(chunk, "compose", self.attempt))
     retried = store_retries() - r0
     for r in state.records:
         r.store_retries += retried
@@ -100,12 +130,23 @@ def compose(self, partials: list[dict], msg: dict) -> dict:
 
 @app.task(name="itx.generate", **HEAVY)
 def generate(self, msg: dict) -> dict:
+    if "ids" in msg and "done" in msg:  # compose's summary: the chunk was cancelled
+        return msg
     r0 = store_retries()
+    lost = control.poisoned(self)
     state = load_state(msg)  # compose's records, when it handed them on by reference
+    if control.is_cancelled(state.batch, fresh=True):
+        return _cancelled(state.batch, state.chunk, len(state.records))
     for r in state.records:  # the most runs of any task of the item's chunk
         r.attempts = max(r.attempts, self.attempt)
     try:
-        pipeline_generate(state)
+        if lost:
+            for r in state.records:
+                r.error = r.error or lost
+        else:
+            pipeline_generate(state)
+    except control.Cancelled:
+        return _cancelled(state.batch, state.chunk, len(state.records))
     except SoftTimeLimitExceeded:
         for r in state.records:
             if not r.error and not r.outputs:

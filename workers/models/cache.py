@@ -31,7 +31,7 @@ def load_backend(stage: str, name: str, *, ref: str | None = None, profile: str 
             decl = table.get(stage, name)
             quiet()
             backend = decl.load_class()()
-            backend.ref, backend.batch_size = ref, decl.batch
+            backend.ref, backend.batch_size, backend.decl = ref, decl.batch, decl
             backend.load(resolve_model(ref), dev, dt)
             _CACHE[key] = backend
         return backend

@@ -11,6 +11,9 @@ sha256. ``push`` writes the manifest last, so a set whose manifest is there is c
 ``pull`` reads the manifest first, downloads each file to a temporary name beside its target,
 checks its sha256 and only then renames it into place. A file already present with the right
 checksum is not downloaded again, so an interrupted pull resumes and a repeated one is cheap.
+The manifest itself is trusted through its sha256, which ``push`` reports and the operator
+pins in ``ITX_MODELS_MANIFEST_SHA256``: with a pin, a manifest with other bytes (someone swapped
+a file *and* its checksum) is refused before anything is downloaded.
 Transfers run in a thread pool; large files go up and down in parts (boto3's managed transfer).
 """
 from __future__ import annotations
@@ -61,6 +64,7 @@ class Transfer:
     skipped: int = 0      # already there with the right checksum
     bytes: int = 0        # bytes actually moved
     not_in_set: list[str] = field(default_factory=list)  # optional models the set lacks
+    manifest_sha256: str = ""  # of MANIFEST.json as written or read: ITX_MODELS_MANIFEST_SHA256
 
     def add(self, transferred: bool, nbytes: int = 0) -> None:
         with _COUNT_LOCK:
@@ -75,6 +79,8 @@ class Transfer:
                 f"({self.bytes / _MiB:.1f} MiB), {self.skipped} already up to date")
         if self.not_in_set:
             text += f"; not in the set (optional): {', '.join(self.not_in_set)}"
+        if self.manifest_sha256:
+            text += f"; MANIFEST.json sha256 {self.manifest_sha256} (ITX_MODELS_MANIFEST_SHA256)"
         return text
 
 
@@ -187,7 +193,7 @@ def pull_models_from_hub(profile: str, dest_dir: str | Path, *, pool: str | None
 
 
 def _easyocr(ref: str, target: Path) -> Path:
-    from workers.stages.ocr import pull_easyocr
+    from workers.stages.ocr.easyocr import pull_easyocr
 
     try:
         return Path(pull_easyocr(target, lang=ref.split("/", 1)[1]))
@@ -201,9 +207,13 @@ def _easyocr(ref: str, target: Path) -> Path:
 def _snapshot(ref: str, target: Path, workers: int) -> Path:
     from huggingface_hub import HfApi, snapshot_download
 
+    from workers.models.trust import split_revision
+
+    repo, revision = split_revision(ref)  # org/name@COMMIT: that revision, nothing newer
     try:
-        files = select_hub_files(HfApi().list_repo_files(ref))
-        snapshot_download(ref, local_dir=target, allow_patterns=files, max_workers=workers)
+        files = select_hub_files(HfApi().list_repo_files(repo, revision=revision))
+        snapshot_download(repo, revision=revision, local_dir=target, allow_patterns=files,
+                          max_workers=workers)
     except Exception as e:  # hub clients raise many types; the user needs the model and the fix
         if gated(e):
             raise DistributionError(
@@ -290,7 +300,9 @@ def push_models(src_dir: str | Path, uri: str, *, workers: int = 8,
     manifest = {"version": MANIFEST_VERSION,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "files": dict(sorted(entries.items()))}
-    remote.put_bytes(MANIFEST, json.dumps(manifest, indent=1).encode())  # last: the set is complete
+    body = json.dumps(manifest, indent=1).encode()
+    remote.put_bytes(MANIFEST, body)  # last: the set is complete
+    result.manifest_sha256 = hashlib.sha256(body).hexdigest()
     log.info("pushed %s to %s: %s", src_dir, uri, result)
     return result
 
@@ -306,7 +318,8 @@ def pull_models_from(uri: str, dest_dir: str | Path, *, refs: Iterable[str] | No
     """
     dest_dir = Path(dest_dir)
     remote = _Remote(uri, part_size)
-    files: dict[str, dict] = remote.manifest()["files"]
+    manifest = remote.manifest()
+    files: dict[str, dict] = manifest["files"]
     optional: set[str] = set()
     if refs is None and profile is not None:
         refs = profile_refs(profile, pool)
@@ -331,7 +344,8 @@ def pull_models_from(uri: str, dest_dir: str | Path, *, refs: Iterable[str] | No
                 f"Push a directory that holds them: `itx models pull --profile P --to DIR` "
                 f"then `itx models push DIR {uri}`.")
         files = chosen
-    result = Transfer(files=len(files), not_in_set=not_in_set)
+    result = Transfer(files=len(files), not_in_set=not_in_set,
+                      manifest_sha256=remote.manifest_sha256)
 
     def one(rel: str) -> None:
         entry = files[rel]
@@ -381,6 +395,12 @@ def _run_all(fn, items: list[str], workers: int) -> None:
                 raise f.exception()
 
 
+def _pinned_manifest_sha256() -> str:
+    from workers.settings import get_settings
+
+    return get_settings().models_manifest_sha256.strip().lower()
+
+
 class _Remote:
     """Files in and out of a store: boto3 managed transfers (multipart, streamed from and to
     disk) for S3, plain copies for a ``file://`` store."""
@@ -389,6 +409,7 @@ class _Remote:
         self.uri = uri
         self.store: Store = open_store(uri)
         self.part_size = part_size
+        self.manifest_sha256 = ""
 
     def _s3_key(self, rel: str) -> str:
         st = self.store
@@ -402,11 +423,22 @@ class _Remote:
 
     def manifest(self) -> dict:
         try:
-            m = json.loads(self.store.get(MANIFEST))
+            body = self.store.get(MANIFEST)
         except NotFoundError:
             raise DistributionError(
                 f"no {MANIFEST} at {self.uri}: push a model set there first "
                 f"(`itx models push DIR {self.uri}`)") from None
+        self.manifest_sha256 = hashlib.sha256(body).hexdigest()
+        pinned = _pinned_manifest_sha256()
+        if pinned and self.manifest_sha256 != pinned:
+            raise ChecksumError(
+                f"{self.uri}/{MANIFEST} has sha256 {self.manifest_sha256}, not the "
+                f"{pinned} that ITX_MODELS_MANIFEST_SHA256 pins: the model set changed after "
+                f"`itx models push`. Nothing was downloaded; push again and pin the new digest.")
+        try:
+            m = json.loads(body)
+        except ValueError:
+            raise DistributionError(f"{self.uri}/{MANIFEST} is not an itx model manifest") from None
         if not isinstance(m, dict) or not isinstance(m.get("files"), dict):
             raise DistributionError(f"{self.uri}/{MANIFEST} is not an itx model manifest")
         return m

@@ -1,13 +1,17 @@
 """One loader for every backend: a ref becomes a local directory that ``from_pretrained`` reads.
 
-Resolution order for a ref:
+First the ref must be one the operator allows (``workers.models.trust.check_allowed``:
+``ITX_ALLOWED_MODELS``; local paths only inside ``ITX_MODEL_DIR`` or ``ITX_MODEL_ROOTS``, never
+relative to the current directory), else ``ModelNotAllowedError``. Resolution order:
   ``builtin``            -> returned as is (weights ship with a package or the OS)
   ``tiny-random/<name>`` -> ``$ITX_MODEL_DIR/tiny-random/<name>``, built on first use
-  an existing path       -> that path
+  an absolute path       -> that path
   ``$ITX_MODEL_DIR/<ref>`` (what ``itx models pull`` writes) -> that directory
   a hub id in the local Hugging Face cache -> its snapshot
   a hub id, hub reachable -> downloaded into the Hugging Face cache
-otherwise ``ModelMissingError`` naming the model and the fix, within seconds.
+(``org/name@REVISION`` pins a hub revision: a commit hash, tag or branch) otherwise
+``ModelMissingError`` naming the model and the fix, within seconds. A directory with pickled
+weights and no safetensors is refused unless ``ITX_ALLOW_PICKLE=true``.
 """
 from __future__ import annotations
 
@@ -46,31 +50,43 @@ def missing(ref: str, why: str = "") -> ModelMissingError:
 
 
 def resolve_model(ref: str, model_dir: Path | None = None) -> str:
+    from workers.models.trust import check_allowed, check_weights, is_local, split_revision
+
     model_dir = Path(model_dir or get_settings().model_dir)
+    check_allowed(ref, extra_roots=[model_dir])
     if ref == "builtin":
         return ref
     if ref.startswith(TINY_PREFIX):
         from workers.models.tiny import build
 
         return str(build(ref[len(TINY_PREFIX):], model_dir))
-    if Path(ref).expanduser().exists():
-        return str(Path(ref).expanduser())
+    if is_local(ref):
+        path = Path(ref).expanduser()
+        if not path.exists():
+            raise missing(ref, f" ({path} does not exist)")
+        check_weights(path)
+        return str(path)
     pulled = model_dir / ref
     if pulled.exists():
+        check_weights(pulled)
         return str(pulled)
     if ref.startswith(NOT_ON_HUB):
         raise missing(ref, f" (looked in {pulled})")
+    repo, revision = split_revision(ref)
     try:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(ref, local_files_only=True)
+        path = snapshot_download(repo, revision=revision, local_files_only=True)
     except Exception:
-        pass
-    if not _hub_reachable():
-        raise missing(ref)
-    from huggingface_hub import snapshot_download
+        path = None
+    if path is None:
+        if not _hub_reachable():
+            raise missing(ref)
+        from huggingface_hub import snapshot_download
 
-    return snapshot_download(ref)
+        path = snapshot_download(repo, revision=revision)
+    check_weights(path)
+    return path
 
 
 def needed_models(spec) -> list[tuple[str, str, str]]:
@@ -81,6 +97,8 @@ def needed_models(spec) -> list[tuple[str, str, str]]:
         need.append(("vqa", spec.vqa_backend))
     if spec.generator:
         need.append(("generate", spec.generator))
+    if getattr(spec, "scorer", None):  # --score or caption_for_prompt=best
+        need.append(("score", spec.scorer))
     return [(stage, name, spec.model_ref(stage, name)) for stage, name in need]
 
 

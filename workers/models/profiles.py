@@ -12,18 +12,19 @@ from workers.stages import table
 
 PROFILES: dict[str, dict] = {
     "base": {"ocr": "easyocr", "captioners": ["blip", "git", "vit-gpt2"], "vqa": "blip-vqa",
-             "generator": "sd", "size": "512x512", "steps": 25},
+             "generator": "sd", "size": "512x512", "steps": 25, "scorer": "clip"},
     "large": {"ocr": "easyocr", "captioners": ["blip", "git", "vit-gpt2"], "vqa": "blip-vqa",
-              "generator": "sd", "size": "1024x1024", "steps": 30},
+              "generator": "sd", "size": "1024x1024", "steps": 30, "scorer": "clip"},
     # today's models, each pool sized for one 24 GB GPU: Florence-2 OCR and captions, SmolVLM
     # captions, Qwen2.5-VL 3B answers (heavy pool), FLUX.1 [schnell] (4 steps, 1024 px)
     "modern": {"ocr": "florence-2", "captioners": ["florence-2", "smolvlm"], "vqa": "qwen2.5-vl",
-               "generator": "flux-schnell", "size": "1024x1024", "steps": 25},
+               "generator": "flux-schnell", "size": "1024x1024", "steps": 25,
+               "scorer": "clip"},
     # small outputs and few steps: a smoke run of the whole cycle takes seconds; the size and
     # steps here win over a generator family's own (1024 px for flux would not be a smoke run)
     "tiny-random": {"ocr": "rapidocr", "captioners": ["blip", "git", "vit-gpt2"],
                     "vqa": "blip-vqa", "generator": "sd", "size": "64x64", "steps": 4,
-                    "family_defaults": False},
+                    "family_defaults": False, "scorer": "clip"},
 }
 
 

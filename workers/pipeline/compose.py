@@ -4,10 +4,12 @@ from __future__ import annotations
 import logging
 
 from workers.images import ItemError
+from workers.pipeline import score
 from workers.pipeline.run import header_stages, run_stage
 from workers.records import Chunk, ComposeState, Item, ResultRecord, StagePartial
 from workers.settings import get_settings
 from workers.stages import table
+from workers.stages.score import BEST
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,8 @@ def merge(rec: ResultRecord, partial: StagePartial) -> None:
         rec.error = partial.errors[i]
     if i in partial.results:
         rec.timings_ms[key] = partial.ms.get(i)
+        if i in partial.reused:
+            rec.reused.append(key)
         st, val = table.STAGES[stage], partial.results[i]
         if st.keyed:
             getattr(rec, st.field)[name] = val
@@ -54,25 +58,29 @@ def merge(rec: ResultRecord, partial: StagePartial) -> None:
 
 
 def build_prompt(rec: ResultRecord, item: Item, chunk: Chunk) -> None:
-    """The item's prompt from its texts and the spec's (and its own) edit rules."""
-    from workers.stages.edit import EditRuleError, Texts, build_prompt as apply_rules
+    """The item's prompt from its texts and the spec's (and its own) edit rules, within the
+    limits (workers/limits.py): each rule's time budget, the prompt's length after each rule."""
+    from workers.limits import LimitError, check_program
+    from workers.stages.edit import EditRuleError, RuleLimitError, Texts, build_prompt as apply_rules
 
-    spec, limit = chunk.spec, get_settings().max_prompt_chars
+    spec, s = chunk.spec, get_settings()
     try:
+        check_program(list(spec.edits) + list(item.edit or []),
+                      list(spec.vqa) + list(item.questions or []))
         rules = spec.rules(extra_edits=item.edit, extra_questions=item.questions)
         texts = Texts(captions=rec.captions, ocr=rec.ocr.text if rec.ocr else "",
-                      vqa=rec.vqa, caption_model=spec.caption_for_prompt)
-        prompt = apply_rules(rules, texts)
-        if len(prompt) > limit:
-            raise ItemError("prompt_too_long",
-                            f"the prompt has {len(prompt)} characters; the limit is {limit}")
+                      vqa=rec.vqa, caption_model=rec.prompt_caption or (
+                          None if spec.caption_for_prompt == BEST else spec.caption_for_prompt),
+                      meta=item.meta or {})
+        prompt = apply_rules(rules, texts, max_chars=s.max_prompt_chars,
+                             timeout=s.edit_rule_timeout_s)
         if not prompt and spec.generator:
             raise ItemError("empty_prompt", "the edit rules left no text to generate from "
                             "(no caption, OCR found no text)")
         rec.prompt = prompt
     except EditRuleError as e:
         rec.error = f"bad_edit_rule: {e}"
-    except ItemError as e:
+    except (ItemError, RuleLimitError, LimitError) as e:
         rec.error = str(e)
 
 
@@ -86,10 +94,25 @@ def compose(partials: list[StagePartial], chunk: Chunk, attempts: int = 1,
     records = []
     for item in chunk.items:
         rec = ResultRecord.of(item)
-        rec.attempts, rec.store_retries = attempts, retried
+        rec.attempts, rec.store_retries = attempts + (item.prior_attempts or 0), retried
         for p in partials:
             merge(rec, p)
+        records.append(rec)
+    src = score.score_captions(chunk.spec, records)  # --score, or the prompt needs `best`
+    for item, rec in zip(chunk.items, records):
         if not rec.error:
             build_prompt(rec, item, chunk)
+    score.score_prompts(chunk.spec, records, src)
+    return ComposeState(batch=chunk.batch, chunk=chunk.chunk, spec=chunk.spec, records=records)
+
+
+def timed_out(chunk: Chunk, what: str, attempts: int = 1) -> ComposeState:
+    """Every item's record as a ``timeout`` error (an item that failed earlier keeps its own
+    error): what compose writes when it overruns its soft time limit."""
+    records = []
+    for item in chunk.items:
+        rec = ResultRecord.of(item)
+        rec.attempts = attempts
+        rec.error = rec.error or f"timeout: {what} overran its time limit"
         records.append(rec)
     return ComposeState(batch=chunk.batch, chunk=chunk.chunk, spec=chunk.spec, records=records)

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from workers.images import ItemError
 from workers.pipeline.read import read_images
-from workers.pipeline.run import error_text, load, run_isolated
+from workers.pipeline.run import error_text, load, run_sliced
+from workers.pipeline.score import score_outputs
 from workers.pipeline.write import put_outputs
 from workers.records import ComposeState, Item, ResultRecord
 from workers.settings import get_settings
 from workers.stages import table
+from workers.stages.score import output_key
 
 
 def generate(state: ComposeState) -> None:
@@ -54,12 +56,16 @@ def _run(state: ComposeState, decl: table.Decl, todo: list[ResultRecord], source
         r.models.update(backend.stage_refs(spec))
     prompts = [r.prompt for r in todo]
     seeds = item_seeds(spec.seed, [r.id for r in todo])  # stable per item, any chunking
-    outs, per = run_isolated(backend, decl.key, [prompts, sources, seeds], kwargs)
+    outs, per = run_sliced(backend, decl.key, [prompts, sources, seeds], kwargs, state.batch)
     made = []
     for r, images in zip(todo, outs):
         if isinstance(images, ItemError):
             r.error = str(images)
         else:
             r.timings_ms[decl.key] = round(per, 1)
+            for k, flag in enumerate(getattr(images, "nsfw", None) or []):
+                if flag is not None:  # the safety checker's verdict (None: no checker)
+                    r.flags[output_key("nsfw", k)] = bool(flag)
             made.append((r, images))
+    score_outputs(spec, made)  # --score: while the images are in memory
     put_outputs(state.batch, made)

@@ -10,6 +10,7 @@ kept too (bounded in bytes), so stages of the same chunk decode each image once.
 """
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -39,8 +40,9 @@ class Lru:
             self._d.move_to_end(key)
             return self._d[key][0]
 
-    def put(self, key, value) -> None:
-        n = self.sizeof(value)
+    def put(self, key, value, n: int | None = None) -> None:
+        """Keep ``value``; ``n``: its size, when the caller knows it (else ``sizeof``)."""
+        n = self.sizeof(value) if n is None else n
         with self._lock:
             if key in self._d:
                 self.used -= self._d.pop(key)[1]
@@ -65,7 +67,10 @@ def image_bytes(img) -> int:
 
 _MISS = object()
 IMAGES = Lru(get_settings().image_cache_bytes, image_bytes)  # image URI -> image | ItemError
-OBJECTS = Lru(64)  # (store, key, nonce) -> a chunk, partial or state read or written here
+# (store, key, nonce) -> a chunk, partial or state read or written here, counted as
+# OBJECT_WEIGHT x its JSON bytes (roughly what the parsed objects hold in memory)
+OBJECT_WEIGHT = 4
+OBJECTS = Lru(get_settings().object_cache_bytes)
 POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="itx-io")
 
 
@@ -110,8 +115,9 @@ def fetch(ref: str, nonce) -> object:
     key = (open_store().uri, ref, nonce)
     obj = OBJECTS.get(key, _MISS)
     if obj is _MISS:
-        obj = open_store().get_json(ref)
-        OBJECTS.put(key, obj)
+        raw = open_store().get(ref)
+        obj = json.loads(raw)
+        OBJECTS.put(key, obj, OBJECT_WEIGHT * len(raw))
     return obj
 
 
@@ -156,7 +162,8 @@ def hand_on(chunk: Chunk, name: str, obj: StagePartial | ComposeState) -> dict:
     if not chunk.ref:
         return data
     key = f"runs/{chunk.batch}/parts/{chunk.chunk:06d}/{name.replace(':', '-')}.json"
-    open_store().put_json(key, data)
-    OBJECTS.put((open_store().uri, key, chunk.nonce), data)
+    raw = json.dumps(data, ensure_ascii=False).encode()
+    open_store().put(key, raw, "application/json")
+    OBJECTS.put((open_store().uri, key, chunk.nonce), data, OBJECT_WEIGHT * len(raw))
     return Pointer(ref=key, nonce=chunk.nonce, stage=getattr(obj, "stage", None)).model_dump(
         exclude_none=True)

@@ -41,14 +41,31 @@ def load(spec: PipelineSpec, stage: str, name: str):
 
 
 def run_stage(chunk: Chunk, stage: str, name: str) -> StagePartial:
-    """Run backend ``stage``/``name`` over the chunk's good images in mini-batches."""
+    """Run backend ``stage``/``name`` over the chunk's good images in mini-batches. Outputs
+    an earlier run kept for the same image, model and options are reused (``reuse.py``);
+    between mini-batches a cancelled batch raises :class:`workers.control.Cancelled`."""
+    from workers.pipeline import reuse
+
     spec, decl = chunk.spec, table.get(stage, name)
     partial = StagePartial(stage=decl.key, model=spec.model_ref(stage, name))
-    images = read_images(chunk.items)
+    asks = table.QUESTIONS in decl.consumes
+    keys = {}
+    for it in chunk.items:
+        content = None if it.error else reuse.content_of(it)
+        if content:
+            opts = {"questions": item_questions(spec, it)} if asks else {}
+            keys[it.id] = reuse.reuse_key(content, decl.key, partial.model, opts)
+    hits = reuse.lookup(keys) if spec.reuse and keys else {}
+    for i, hit in hits.items():
+        partial.results[i] = hit["result"]
+        partial.ms[i] = 0.0
+        partial.reused.append(i)
+    todo = [it for it in chunk.items if it.id not in hits]
+    images = read_images(todo)
     for i, img in images.items():
         if isinstance(img, ItemError):
             partial.errors[i] = str(img)
-    good = [it for it in chunk.items if it.id in images and not isinstance(images[it.id], ItemError)]
+    good = [it for it in todo if it.id in images and not isinstance(images[it.id], ItemError)]
     if not good:
         return partial
     try:
@@ -59,16 +76,37 @@ def run_stage(chunk: Chunk, stage: str, name: str) -> StagePartial:
         partial.errors.update({it.id: msg for it in good})
         return partial
     cols = [[images[it.id] for it in good]]
-    if table.QUESTIONS in decl.consumes:
+    if asks:
         cols.append([item_questions(spec, it) for it in good])
-    outs, per = run_isolated(backend, decl.key, cols, backend.spec_kwargs(spec))
+    outs, per = run_sliced(backend, decl.key, cols, backend.spec_kwargs(spec), chunk.batch)
+    fresh = {}
     for it, out in zip(good, outs):
         if isinstance(out, ItemError):
             partial.errors[it.id] = str(out)
         else:
-            partial.results[it.id] = out
+            partial.results[it.id] = fresh[it.id] = out
             partial.ms[it.id] = round(per, 1)
+    if fresh and keys:
+        reuse.keep(keys, fresh, partial.ms)
     return partial
+
+
+def run_sliced(backend, key: str, cols: list, kwargs: dict, batch: str) -> tuple[list, float]:
+    """:func:`run_isolated` one mini-batch (``backend.max_batch`` items) at a time, checking
+    between them whether ``batch`` was cancelled (raises ``Cancelled``)."""
+    from workers import control
+
+    n = len(cols[0])
+    step = max(1, getattr(backend, "max_batch", n) or n)
+    outs: list = []
+    t0 = time.perf_counter()
+    for i in range(0, n, step):
+        if i:
+            control.check(batch)
+        part, _ = run_isolated(backend, key, [None if c is None else c[i:i + step]
+                                              for c in cols], kwargs)
+        outs.extend(part)
+    return outs, (time.perf_counter() - t0) * 1000 / max(1, n)
 
 
 def run_isolated(backend, key: str, cols: list, kwargs: dict) -> tuple[list, float]:

@@ -8,9 +8,29 @@ out-of-memory error retries that batch with half the size.
 from __future__ import annotations
 
 import logging
+import os
+import time
 from typing import Any, ClassVar
 
 log = logging.getLogger(__name__)
+
+# Seconds this process has spent inside backends' model calls (``__call__`` of a mini-batch,
+# all stages). A measurement hook for benchmarks/pipeline.py (model-busy share of a worker):
+# with ITX_MODEL_TIME_DIR set, each process also keeps the running total in
+# ``<dir>/<pid>`` (one small write per mini-batch). Unset, it costs two clock reads.
+model_seconds = 0.0
+_TIME_DIR = os.environ.get("ITX_MODEL_TIME_DIR")
+
+
+def _count_model_time(seconds: float) -> None:
+    global model_seconds
+    model_seconds += seconds
+    if _TIME_DIR:
+        try:
+            with open(os.path.join(_TIME_DIR, str(os.getpid())), "w") as f:
+                f.write(f"{model_seconds:.6f}")
+        except OSError:
+            pass
 
 
 class Backend:
@@ -20,6 +40,7 @@ class Backend:
     batch_size: ClassVar[dict[str, int]] = {"cpu": 8, "cuda": 32}
 
     ref: str = ""
+    decl: Any = None  # its declaration in the stage table (set by the model cache)
     device: str = "cpu"
     dtype: Any = None
 
@@ -52,6 +73,7 @@ class Backend:
         i = 0
         while i < n:
             part = [None if c is None else c[i:i + bs] for c in columns]
+            t = time.perf_counter()
             try:
                 res = self(*part, **kwargs)
             except Exception as e:  # GPU OOM: retry this batch smaller, then go on
@@ -62,6 +84,8 @@ class Backend:
                     _empty_cache()
                     continue
                 raise
+            finally:
+                _count_model_time(time.perf_counter() - t)
             got = len(res)
             want = len(part[0])
             if got != want:

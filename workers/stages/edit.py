@@ -4,7 +4,9 @@ Rules apply in order to the prompt being built:
 
 ``template:TEXT``          replace the prompt with TEXT, filling placeholders
                            ``{caption}`` (the chosen captioner's), ``{caption:NAME}``,
-                           ``{ocr}``, ``{vqa:QUESTION}`` and ``{prompt}`` (the prompt so far)
+                           ``{ocr}``, ``{vqa:QUESTION}``, ``{prompt}`` (the prompt so far) and
+                           ``{meta:NAME}`` (the input's metadata: a dataset's ``caption``,
+                           ``key``, kept columns; empty where the item has no such field)
 ``replace:OLD=NEW``        replace whole words OLD with NEW (case-insensitive)
 ``regex:/PATTERN/REPL/FLAGS``  ``re.sub``; FLAGS from ``i``, ``m``, ``s``
 ``style:NAME``             append a named style (see ``STYLES``)
@@ -12,11 +14,18 @@ Rules apply in order to the prompt being built:
 The prompt starts as the chosen captioner's caption (else the OCR text). Every rule
 is parsed and checked before any work starts: unknown placeholders, bad regexes and
 unknown styles are ``EditRuleError``s.
+
+Rules are user programs, so they run bounded: each ``regex``/``replace`` rule gets a CPU-time
+budget per item (the ``regex`` package's ``timeout``; over it: ``RuleLimitError("timeout")``),
+and the prompt's length is checked after each rule and while a template is filled
+(``RuleLimitError("prompt_too_long")``), so doubling rules cannot grow it without bound.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
+import regex
 
 STYLES: dict[str, str] = {
     "watercolor": "watercolor painting, soft washes of colour, paper texture",
@@ -36,6 +45,18 @@ class EditRuleError(ValueError):
     """A rule that cannot be applied; raised before any work starts."""
 
 
+class RuleLimitError(ValueError):
+    """A rule went over a limit while it ran: ``kind`` is ``timeout`` or ``prompt_too_long``."""
+
+    def __init__(self, kind: str, msg: str):
+        self.kind = kind
+        super().__init__(f"{kind}: {msg}")
+
+
+def _too_long(n: int, limit: int) -> RuleLimitError:
+    return RuleLimitError("prompt_too_long", f"the prompt has {n} characters; the limit is {limit}")
+
+
 @dataclass(frozen=True)
 class Texts:
     """What an item knows when its prompt is built."""
@@ -44,6 +65,7 @@ class Texts:
     ocr: str = ""
     vqa: dict[str, str] = field(default_factory=dict)
     caption_model: str | None = None  # whose caption {caption} means
+    meta: dict = field(default_factory=dict)  # the input's metadata (dataset inputs)
 
     def base_prompt(self) -> str:
         if self.caption_model and self.caption_model in self.captions:
@@ -59,15 +81,20 @@ class Rule:
     arg: str
     compiled: object = None
 
-    def apply(self, prompt: str, t: Texts) -> str:
+    def apply(self, prompt: str, t: Texts, max_chars: int | None = None,
+              timeout: float | None = None) -> str:
         if self.kind == "template":
-            return _fill(self.arg, prompt, t)
-        if self.kind == "replace":
-            pattern, new = self.compiled
-            return pattern.sub(lambda _m: new, prompt)
-        if self.kind == "regex":
-            pattern, repl = self.compiled
-            return pattern.sub(repl, prompt)
+            return _fill(self.arg, prompt, t, max_chars)
+        try:
+            if self.kind == "replace":
+                pattern, new = self.compiled
+                return pattern.sub(lambda _m: new, prompt, timeout=timeout)
+            if self.kind == "regex":
+                pattern, repl = self.compiled
+                return pattern.sub(repl, prompt, timeout=timeout)
+        except TimeoutError:
+            raise RuleLimitError("timeout", f"edit rule {self.kind}:{self.arg[:80]!r} ran over "
+                                 f"its {timeout} s budget (ITX_EDIT_RULE_TIMEOUT_S)") from None
         if self.kind == "style":
             return f"{prompt}, {STYLES[self.arg]}" if prompt else STYLES[self.arg]
         raise AssertionError(self.kind)
@@ -99,22 +126,32 @@ def _placeholders(template: str) -> list[str]:
     return [v for k, v in _tokens(template) if k == "field"]
 
 
-def _fill(template: str, prompt: str, t: Texts) -> str:
-    out = []
+def _fill(template: str, prompt: str, t: Texts, max_chars: int | None = None) -> str:
+    out: list[str] = []
+    n = 0
     for kind, v in _tokens(template):
         if kind == "text":
-            out.append(v)
+            piece = v
         elif v == "caption":
-            out.append(t.base_prompt() if not t.caption_model
-                       else t.captions.get(t.caption_model, ""))
+            piece = (t.base_prompt() if not t.caption_model
+                     else t.captions.get(t.caption_model, ""))
         elif v == "prompt":
-            out.append(prompt)
+            piece = prompt
         elif v == "ocr":
-            out.append(t.ocr)
+            piece = t.ocr
         elif v.startswith("caption:"):
-            out.append(t.captions.get(v.split(":", 1)[1], ""))
+            piece = t.captions.get(v.split(":", 1)[1], "")
         elif v.startswith("vqa:"):
-            out.append(t.vqa.get(v.split(":", 1)[1], ""))
+            piece = t.vqa.get(v.split(":", 1)[1], "")
+        elif v.startswith("meta:"):
+            m = t.meta.get(v.split(":", 1)[1].strip())
+            piece = "" if m is None else str(m)
+        else:
+            piece = ""
+        n += len(piece)
+        if max_chars is not None and n > max_chars:
+            raise _too_long(n, max_chars)
+        out.append(piece)
     return "".join(out)
 
 
@@ -137,27 +174,29 @@ def parse_rule(text: str, *, captioners: list[str] | None = None,
                 if not has_ocr:
                     raise EditRuleError(f"template {arg!r} uses {{ocr}} but OCR is off")
                 continue
-            if ph.startswith("caption:"):
-                name = ph.split(":", 1)[1]
-                if captioners is not None and name not in captioners:
-                    raise EditRuleError(f"template {arg!r}: {{{ph}}} names captioner {name!r}, "
-                                        f"which is not among {captioners}")
+            prefix, colon, name = ph.partition(":")
+            if colon and prefix in ("caption", "vqa"):  # must name what the pipeline produces
+                known = captioners if prefix == "caption" else questions
+                if known is not None and name not in known:
+                    says = (f"names captioner {name!r}, which is not among {captioners}"
+                            if prefix == "caption" else
+                            f"asks {name!r}, which is not among the VQA questions {questions}")
+                    raise EditRuleError(f"template {arg!r}: {{{ph}}} {says}")
                 continue
-            if ph.startswith("vqa:"):
-                q = ph.split(":", 1)[1]
-                if questions is not None and q not in questions:
-                    raise EditRuleError(f"template {arg!r}: {{{ph}}} asks {q!r}, which is not "
-                                        f"among the VQA questions {questions}")
+            if ph.startswith("meta:"):  # per item: a missing field fills in as empty
+                if not ph.split(":", 1)[1].strip():
+                    raise EditRuleError(f"template {arg!r}: {{meta:}} needs a field name, "
+                                        f"e.g. {{meta:caption}}")
                 continue
             raise EditRuleError(
                 f"template {arg!r}: unknown placeholder {{{ph}}}; use {{caption}}, "
-                f"{{caption:NAME}}, {{ocr}}, {{vqa:QUESTION}} or {{prompt}}")
+                f"{{caption:NAME}}, {{ocr}}, {{vqa:QUESTION}}, {{meta:NAME}} or {{prompt}}")
         return Rule("template", arg)
     if kind == "replace":
         old, eq, new = arg.partition("=")
         if not eq or not old:
             raise EditRuleError(f"replace rule {text!r}: write replace:OLD=NEW")
-        pat = re.compile(r"(?<!\w)" + re.escape(old) + r"(?!\w)", re.IGNORECASE)
+        pat = regex.compile(r"(?<!\w)" + regex.escape(old) + r"(?!\w)", regex.IGNORECASE)
         return Rule("replace", arg, (pat, new))
     if kind == "regex":
         m = re.fullmatch(r"/((?:\\.|[^/\\])*)/((?:\\.|[^/\\])*)/([ims]*)", arg)
@@ -171,9 +210,10 @@ def parse_rule(text: str, *, captioners: list[str] | None = None,
         for f in flags:
             fl |= {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL}[f]
         try:
-            compiled = re.compile(pattern, fl)
-            compiled.sub(repl, "")  # checks group references in the replacement
-        except re.error as e:
+            # the stdlib parses the replacement eagerly: it checks its group references
+            re.compile(pattern, fl).sub(repl, "")
+            compiled = regex.compile(pattern, fl | regex.VERSION0)  # runs with a time budget
+        except (re.error, regex.error) as e:
             raise EditRuleError(f"regex rule {text!r}: {e}") from None
         return Rule("regex", arg, (compiled, repl))
     if kind == "style":
@@ -189,8 +229,13 @@ def parse_rules(rules: list[str], **ctx) -> list[Rule]:
     return [parse_rule(r, **ctx) for r in rules]
 
 
-def build_prompt(rules: list[Rule], texts: Texts) -> str:
+def build_prompt(rules: list[Rule], texts: Texts, max_chars: int | None = None,
+                 timeout: float | None = None) -> str:
+    """Apply ``rules`` in order. With ``max_chars``, the prompt is checked after each rule
+    (and while a template is filled); ``timeout``: CPU seconds each regex rule may take."""
     prompt = texts.base_prompt()
     for r in rules:
-        prompt = r.apply(prompt, texts)
+        prompt = r.apply(prompt, texts, max_chars, timeout)
+        if max_chars is not None and len(prompt) > max_chars:
+            raise _too_long(len(prompt), max_chars)
     return " ".join(prompt.split())

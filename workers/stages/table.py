@@ -15,7 +15,7 @@ in a plugin module named by ``ITX_PLUGINS``); see docs/adding-a-model.md.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 LIGHT, HEAVY = "light", "heavy"
 
@@ -38,6 +38,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("caption", LIGHT, "captions", "captioner", keyed=True),
     Stage("vqa", LIGHT, "vqa", "VQA backend"),
     Stage("generate", HEAVY, "outputs", "generator", header=False),
+    # runs inside compose (captions, prompt) and generate (outputs), on the generator's pool
+    Stage("score", HEAVY, "scores", "scorer", keyed=True, header=False),
 )}
 
 # what a backend reads, besides its stage's own inputs
@@ -66,6 +68,7 @@ class Decl:
     # a generator family's own steps / guidance / native size, used where the spec leaves
     # them unset (before the profile's); e.g. {"steps": 4, "guidance": 0.0, "size": "512x512"}
     defaults: dict = field(default_factory=dict)
+    shares: str | None = None  # "stage:backend" whose loaded components it reuses (img2img)
 
     @property
     def key(self) -> str:
@@ -116,8 +119,7 @@ def get(stage: str, name: str) -> Decl:
         raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
     if stage in FALLBACK and ("/" in name or "\\" in name):
         base = _TABLE[FALLBACK[stage]]
-        return Decl(stage, name, base.backend, {"base": name, "tiny-random": name},
-                    base.consumes, base.batch, None, base.queue, base.about)
+        return replace(base, name=name, refs={"base": name, "tiny-random": name}, tiny=None)
     raise ValueError(f"unknown {STAGES[stage].noun} {name!r}; choose one of "
                      f"{', '.join(names(stage))}"
                      + (" or a Hugging Face model id / local path" if stage in FALLBACK else ""))
@@ -151,14 +153,14 @@ def queue_of(stage: str, name: str) -> str:
 # --- the table ---------------------------------------------------------------------------------
 _T = "workers.models.tiny"
 
-declare("ocr", "easyocr", "workers.stages.ocr:EasyOCR",
+declare("ocr", "easyocr", "workers.stages.ocr.easyocr:EasyOCR",
         {"base": "easyocr/en", "tiny-random": "tiny-random/easyocr"},
         batch={"cpu": 4, "cuda": 16}, tiny=f"{_T}.ocr:build_easyocr",
         about="CRAFT + CRNN, 80+ languages; GPU when the worker has one")
-declare("ocr", "rapidocr", "workers.stages.ocr:RapidOCR",
+declare("ocr", "rapidocr", "workers.stages.ocr.rapidocr:RapidOCR",
         {"base": "builtin", "tiny-random": "builtin"}, batch={"cpu": 8, "cuda": 32},
         about="PP-OCR on onnxruntime, weights inside the wheel; fast on CPU")
-declare("ocr", "tesseract", "workers.stages.ocr:Tesseract",
+declare("ocr", "tesseract", "workers.stages.ocr.tesseract:Tesseract",
         {"base": "builtin", "tiny-random": "builtin"}, batch={"cpu": 8, "cuda": 8},
         about="Tesseract 5 (Debian package); scanned documents")
 
@@ -227,7 +229,7 @@ declare("generate", "sd", "workers.stages.generate.sd:StableDiffusion", _SD,
         consumes=(PROMPT,), batch={"cpu": 4, "cuda": 8}, tiny=f"{_T}.diffusion:build_sd",
         about="Stable Diffusion 1.5 (SDXL in large): text-to-image")
 declare("generate", "sd-img2img", "workers.stages.generate.sd:StableDiffusionImg2Img", _SD,
-        consumes=(PROMPT, IMAGE), batch={"cpu": 4, "cuda": 8},
+        consumes=(PROMPT, IMAGE), batch={"cpu": 4, "cuda": 8}, shares="generate:sd",
         about="the same weights, image-to-image: keeps the source's composition")
 _G = "workers.stages.generate"
 declare("generate", "if", f"{_G}.deepfloyd_if:DeepFloydIF",
@@ -276,4 +278,29 @@ declare("generate", "sd3", f"{_G}.sd3:StableDiffusion3",
         about="Stable Diffusion 3.5 medium / large (gated): MM-DiT with CLIP + T5, good prompt "
               "following and typography")
 
+declare("score", "clip", "workers.stages.score.clip:ClipScore",
+        {"base": "openai/clip-vit-base-patch32", "large": "openai/clip-vit-large-patch14",
+         "tiny-random": "tiny-random/clip"},
+        consumes=(IMAGE, PROMPT), batch={"cpu": 32, "cuda": 128}, tiny=f"{_T}.clip:build_clip",
+        about="CLIP: CLIPScore of captions, prompt and outputs; source/output similarity")
+
 _plugins()
+
+
+def builtin(d: Decl) -> bool:
+    """Declared by itx itself (not by a plugin module)."""
+    return d.backend.startswith("workers.")
+
+
+def markdown(plugins: bool = True) -> str:
+    """The README's model table, made from the declarations (``itx models table``; a test
+    keeps the README equal to it)."""
+    rows = ["| stage | backend | pool | base | large | tiny-random | good for |",
+            "|---|---|---|---|---|---|---|"]
+    for d in decls():
+        if not plugins and not builtin(d):
+            continue
+        q = d.queue or STAGES[d.stage].queue
+        rows.append(f"| {d.stage} | `{d.name}` | {q} | `{d.ref('base')}` | `{d.ref('large')}` "
+                    f"| `{d.ref('tiny-random')}` | {d.about} |")
+    return "\n".join(rows)

@@ -1,7 +1,7 @@
 """Tiny-random EasyOCR: a narrow CRAFT detector and a small CRNN recogniser (~1.6 MB in all).
 
 Written in exactly the layout ``itx models pull`` gives EasyOCR's real weights (see
-``workers/stages/ocr.py``)::
+``workers/stages/ocr/easyocr.py``)::
 
     craft_mlt_25k.pth   CRAFT, every channel count / 8 (EasyOCR's CRAFT module tree, same
                         state-dict keys); the OCR backend reads the width off the checkpoint
@@ -37,7 +37,7 @@ def build_easyocr(out: Path) -> None:
     import torch
     from easyocr.model.vgg_model import Model
 
-    from workers.stages.ocr import DETECTOR_FILE, EASYOCR_CONFIG, craft_net, easyocr_config
+    from workers.stages.ocr.easyocr import DETECTOR_FILE, EASYOCR_CONFIG, craft_net, easyocr_config
 
     cfg = easyocr_config("en", network_params=REC_PARAMS)
 

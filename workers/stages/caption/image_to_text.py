@@ -24,22 +24,30 @@ IMAGE_ONLY = {"blip", "blip-2", "git", "vision-encoder-decoder", "pix2struct", "
 
 
 def rgb(images: list[Image.Image]) -> list[Image.Image]:
-    return [im if im.mode == "RGB" else im.convert("RGB") for im in images]
+    """RGB as itx decodes any input (transparency on white, as HF processors flatten it)."""
+    from workers.images import to_rgb
+
+    return [to_rgb(im) for im in images]
 
 
 def load_model(ref: str, device: str, dtype, auto_cls=None):
     """``from_pretrained`` with SDPA where the architecture has it, moved to ``device``/``dtype``."""
     import transformers
 
+    from workers.models.trust import use_safetensors
+
     auto_cls = auto_cls or transformers.AutoModelForImageTextToText
+    safe = use_safetensors()  # True: pickled weights never load (docs/security.md)
 
     def _load(cls):
         try:
-            return cls.from_pretrained(ref, dtype=dtype, attn_implementation="sdpa")
+            return cls.from_pretrained(ref, dtype=dtype, attn_implementation="sdpa",
+                                       use_safetensors=safe)
         except ValueError as e:  # "... does not support an attention implementation ..."
             if not any(w in str(e).lower() for w in ("attention", "attn", "sdpa")):
                 raise
-            return cls.from_pretrained(ref, dtype=dtype)  # this architecture has no SDPA
+            # this architecture has no SDPA
+            return cls.from_pretrained(ref, dtype=dtype, use_safetensors=safe)
 
     try:
         model = _load(auto_cls)

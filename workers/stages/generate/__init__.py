@@ -34,6 +34,15 @@ _SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 MAX_SIDE = 4096
 
 
+class Images(list):
+    """One prompt's generated images, with the safety checker's verdict on each in ``nsfw``
+    (``None`` where the pipeline has no checker); the pipeline puts them in ``flags``."""
+
+    def __init__(self, images=(), nsfw=None):
+        super().__init__(images)
+        self.nsfw = list(nsfw) if nsfw is not None else [None] * len(self)
+
+
 # --- small helpers the orchestrator and tasks use ---------------------------------
 
 def resolve_size(size: str) -> tuple[int, int]:

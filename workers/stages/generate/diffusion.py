@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from workers.stages.base import Backend
-from workers.stages.generate import check_size, fit, image_seed
+from workers.stages.generate import Images, check_size, fit, image_seed
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,12 @@ class Diffusion(Backend):
     def load(self, ref: str, device: str, dtype) -> None:
         import diffusers
 
+        from workers.models.trust import use_safetensors
+
         self.device, self.dtype = device, dtype
         cls = getattr(diffusers, self.pipeline_class)
-        self.setup(cls.from_pretrained(ref, dtype=dtype, **self.load_kwargs(ref)), device)
+        self.setup(cls.from_pretrained(ref, dtype=dtype, use_safetensors=use_safetensors(),
+                                       **self.load_kwargs(ref)), device)
 
     def load_kwargs(self, ref: str) -> dict:
         """Without the safety checker, when the class says so and the checkpoint has one."""
@@ -85,11 +88,14 @@ class Diffusion(Backend):
             kw["negative_prompt"] = [negative_prompt] * len(rows)
         with torch.inference_mode():
             res = self.denoise(kw, gens, width=width, height=height, **options)
-        self.warn_nsfw(getattr(res, "nsfw_content_detected", None)
-                       or getattr(res, "nsfw_detected", None))
-        # 4. n images per prompt
+        flags = getattr(res, "nsfw_content_detected", None)
+        if flags is None:
+            flags = getattr(res, "nsfw_detected", None)
+        self.warn_nsfw(flags)
+        # 4. n images per prompt, with the safety checker's verdicts (they go in the record)
         out = [self.finish(im, width, height) for im in res.images]
-        return [out[k:k + n] for k in range(0, len(out), n)]
+        flags = list(flags) if flags is not None else [None] * len(out)
+        return [Images(out[k:k + n], flags[k:k + n]) for k in range(0, len(out), n)]
 
     def denoise(self, kw: dict, generators: list, **options):
         """Run the pipeline (a cascade runs several here)."""

@@ -14,11 +14,10 @@ class StableDiffusion(Diffusion):
 
 
 class StableDiffusionImg2Img(Diffusion):
-    """Image-to-image that shares the loaded ``sd`` backend's components (no second copy):
-    each source is fitted to width x height (scaled to cover, centre cropped), re-noised by
-    ``strength`` and denoised towards the prompt."""
-
-    text2image = "sd"  # whose loaded components it shares
+    """Image-to-image that shares the loaded text-to-image backend's components (its
+    declaration's ``shares``; no second copy): each source is fitted to width x height
+    (scaled to cover, centre cropped), re-noised by ``strength`` and denoised towards the
+    prompt."""
 
     def load(self, ref: str, device: str, dtype) -> None:
         from diffusers import AutoPipelineForImage2Image
@@ -26,7 +25,8 @@ class StableDiffusionImg2Img(Diffusion):
         from workers.models.cache import load_backend
 
         self.device, self.dtype = device, dtype
-        base = load_backend("generate", self.text2image, ref=self.ref or ref, device=device,
+        stage, name = self.decl.shares.split(":", 1)
+        base = load_backend(stage, name, ref=self.ref or ref, device=device,
                             dtype=str(dtype).removeprefix("torch."))
         self.setup(AutoPipelineForImage2Image.from_pipe(base.pipe), device)
 

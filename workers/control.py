@@ -1,0 +1,94 @@
+"""Operator controls that tasks obey: a batch's cancel marker, and the durable count of how
+often a task's worker died while running it (poison chunks).
+
+    runs/<batch>/cancel.json    written by ``itx cancel``; removed by ``itx submit --resume``
+                                and ``itx retry``. Tasks check it before any work and between
+                                mini-batches; a cancelled chunk writes no records, so a later
+                                resume runs exactly the items that have none.
+
+Deliveries are counted in the result backend's Redis (``INCR`` on a key per task id, with an
+expiry): Celery's ``redelivered`` flag only says "at least once".
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from workers.settings import get_settings
+from workers.storage import open_store
+
+log = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):
+    """The chunk's batch was cancelled: stop at this mini-batch boundary."""
+
+
+def cancel_key(batch: str) -> str:
+    return f"runs/{batch}/cancel.json"
+
+
+_SEEN: dict[tuple[str, str], tuple[float, bool]] = {}  # (store, batch) -> (checked at, cancelled)
+_TTL = 0.5  # seconds: a worker asks the store at most twice a second per batch
+
+
+def is_cancelled(batch: str, fresh: bool = False) -> bool:
+    """Whether ``batch`` carries a cancel marker (cached for half a second per process)."""
+    store = open_store()
+    key = (store.uri, batch)
+    now = time.monotonic()
+    hit = _SEEN.get(key)
+    if hit and not fresh and now - hit[0] < _TTL:
+        return hit[1]
+    try:
+        flag = store.exists(cancel_key(batch))
+    except Exception as e:  # the store is down: go on (the task's own reads will retry)
+        log.warning("could not read the cancel marker of %s: %s", batch, e)
+        flag = False
+    _SEEN[key] = (now, flag)
+    return flag
+
+
+def check(batch: str) -> None:
+    """Raise :class:`Cancelled` when ``batch`` is cancelled (call between mini-batches)."""
+    if is_cancelled(batch):
+        raise Cancelled(batch)
+
+
+# --- poison chunks -------------------------------------------------------------------------
+def _redis(app):
+    client = getattr(app.backend, "client", None)
+    return client if client is not None and hasattr(client, "incr") else None
+
+
+def delivery(task) -> int:
+    """Count one more delivery of ``task``'s message; return how many times its worker died
+    while running it so far (deliveries that ended neither in success nor in a Celery retry).
+    0 without Redis (eager mode)."""
+    app = task.app
+    if app.conf.task_always_eager:
+        return 0
+    client = _redis(app)
+    if client is None:
+        return 0
+    key = f"itx:deliveries:{task.request.id}"
+    try:
+        with client.pipeline() as p:
+            p.incr(key)
+            p.expire(key, 7 * 24 * 3600)
+            n = int(p.execute()[0])
+    except Exception as e:  # Redis trouble must not stop the work
+        log.warning("could not count deliveries of %s: %s", task.request.id, e)
+        return 0
+    return max(0, n - 1 - (task.request.retries or 0))
+
+
+def poisoned(task) -> str | None:
+    """A ``worker_lost`` error message when ``task`` already killed its worker
+    ``ITX_MAX_WORKER_LOSSES`` times; else None (run it)."""
+    lost = delivery(task)
+    limit = get_settings().max_worker_losses
+    if limit and lost >= limit:
+        return (f"worker_lost: the worker process died {lost} times running this chunk "
+                f"({task.name}); given up (ITX_MAX_WORKER_LOSSES={limit})")
+    return None
