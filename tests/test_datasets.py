@@ -258,7 +258,8 @@ def test_itx_run_over_parquet_urls_paths_and_structs(tmp_path, site):
                                     "text": ["h0", "h1"]})
     parquet(tables / "nocol.parquet", {"url": [site.url("/img2.jpg")]})
     out = tmp_path / "out"
-    env = {"ITX_HTTP_ALLOW_HOSTS": '["127.0.0.1"]'}
+    origin = site.url("/").rstrip("/")  # http://127.0.0.1:PORT, on loopback: opted in
+    env = {"ITX_HTTP_ALLOW_HOSTS": json.dumps([origin]), "ITX_HTTP_ALLOW_PRIVATE": "true"}
     r = itx("run", str(tables / "urls.parquet"), str(tables / "paths.parquet"),
             str(tables / "hf.parquet"), "--out", str(out), *SPEC, env=env)
     assert r.returncode == 1, r.stdout + r.stderr[-3000:]

@@ -178,7 +178,7 @@ def test_a_batch_runs_end_to_end_with_the_worker_and_submitter_users(acl_redis, 
     assert {n.split("@")[0] for n in workers} >= {"light-acl", "heavy-acl"}, workers
     with urllib.request.urlopen(acl_cluster["flower"] + "/api/tasks", timeout=30) as f:
         tasks = json.loads(f.read())
-    assert {t["name"] for t in tasks.values()} >= {"itx.caption", "itx.compose", "itx.generate"}
+    assert {t["name"] for t in tasks.values()} >= {"itx.stage", "itx.compose", "itx.generate"}
     # nothing any role did was refused: the ACLs hold what Celery, kombu and Flower use
     log = admin.execute_command("ACL", "LOG")
     assert not log, log

@@ -64,10 +64,11 @@ def records(store: Path, batch: str) -> dict[str, dict]:
 
 
 def ledger(store: Path, batch: str) -> list[str]:
-    ids = []
-    for p in sorted((store / "runs" / batch / "chunks").glob("*.json")):
-        ids += json.loads(p.read_text())["ids"]
-    return ids
+    """The batch's submitted ids, as status reads them (chunk ledgers, or what `gc` kept)."""
+    from orchestrator.batch import Batch
+    from workers.storage import open_store
+
+    return Batch(batch, open_store(store.as_uri())).submitted_ids()
 
 
 def kind(rec: dict) -> str | None:

@@ -164,14 +164,15 @@ def build_checked_sd(model_dir: Path, out: Path, flag_all: bool) -> Path:
 
 @pytest.fixture(scope="module")
 def flagging_sd(model_dir, tmp_path_factory):
-    return build_checked_sd(model_dir, tmp_path_factory.mktemp("sd") / "sd-flags-all", True)
+    # under ITX_MODEL_DIR: the only local paths the operator allows by default
+    return build_checked_sd(model_dir, model_dir / "local" / "sd-flags-all", True)
 
 
 def test_generator_returns_the_checkers_verdicts(model_dir, flagging_sd, tmp_path,
                                                  one_torch_thread):
     from workers.models.cache import load_backend
 
-    passing = build_checked_sd(model_dir, tmp_path / "sd-flags-none", False)
+    passing = build_checked_sd(model_dir, model_dir / "local" / "sd-flags-none", False)
     for ref, want in ((flagging_sd, True), (passing, False)):
         b = load_backend("generate", "sd", ref=str(ref), device="cpu", dtype="float32")
         out = b.run(["a cat", "a dog", "a tree"], None, [1, 2, 3], width=32, height=32, steps=2,
