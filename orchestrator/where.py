@@ -82,19 +82,19 @@ class _Parser:
         self.take("end")
         return f
 
-    def or_(self):
-        fs = [self.and_()]
-        while self.peek()[0] == "or":
+    def _joined(self, op: str, operand, combine):
+        """``operand (op operand)*``, combined with ``any`` (or) or ``all`` (and)."""
+        fs = [operand()]
+        while self.peek()[0] == op:
             self.take()
-            fs.append(self.and_())
-        return fs[0] if len(fs) == 1 else (lambda r: any(f(r) for f in fs))
+            fs.append(operand())
+        return fs[0] if len(fs) == 1 else (lambda r: combine(f(r) for f in fs))
+
+    def or_(self):
+        return self._joined("or", self.and_, any)
 
     def and_(self):
-        fs = [self.not_()]
-        while self.peek()[0] == "and":
-            self.take()
-            fs.append(self.not_())
-        return fs[0] if len(fs) == 1 else (lambda r: all(f(r) for f in fs))
+        return self._joined("and", self.not_, all)
 
     def not_(self):
         if self.peek()[0] == "not":
