@@ -2,7 +2,7 @@
 
 Real engines on real-sized inputs: rapidocr with the PP-OCR models its wheel ships (the
 light pool's default OCR; ``Det.limit_type=max``, ``Det.limit_side_len=960``, as
-``workers/stages/ocr.py`` sets them) and easyocr's CRAFT detector and CRNN recogniser at
+``workers/stages/ocr/rapidocr.py`` sets them) and easyocr's CRAFT detector and CRNN recogniser at
 full width (EasyOCR's own network shapes; random weights, since no hub is reachable: the
 compute is the real one, the text is not). Inputs: scikit-image's bundled photos, resized
 to 512-1024 px on the long side, each with a line of sign text drawn in, so the
@@ -76,7 +76,7 @@ def write_easyocr_full(out: Path) -> Path:
     from easyocr.model.vgg_model import Model
 
     from workers.models.tiny.ocr import SCORE_BIAS, SCORE_GAIN
-    from workers.stages.ocr import DETECTOR_FILE, EASYOCR_CONFIG, craft_net, easyocr_config
+    from workers.stages.ocr.easyocr import DETECTOR_FILE, EASYOCR_CONFIG, craft_net, easyocr_config
 
     out.mkdir(parents=True, exist_ok=True)
     cfg = easyocr_config("en")  # EasyOCR's english_g2 shapes: 256 channels, 256 hidden
@@ -97,7 +97,8 @@ def _engines(easyocr_dir: str | None):
     """In a pool process: every (engine, threads) backend, loaded and warm."""
     import torch
 
-    from workers.stages.ocr import EasyOCR, RapidOCR
+    from workers.stages.ocr.easyocr import EasyOCR
+    from workers.stages.ocr.rapidocr import RapidOCR
 
     out = {}
     warm = photo(0, 256)

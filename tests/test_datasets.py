@@ -261,7 +261,8 @@ def test_itx_run_over_parquet_urls_paths_and_structs(tmp_path, site):
     origin = site.url("/").rstrip("/")  # http://127.0.0.1:PORT, on loopback: opted in
     env = {"ITX_HTTP_ALLOW_HOSTS": json.dumps([origin]), "ITX_HTTP_ALLOW_PRIVATE": "true"}
     r = itx("run", str(tables / "urls.parquet"), str(tables / "paths.parquet"),
-            str(tables / "hf.parquet"), "--out", str(out), *SPEC, env=env)
+            str(tables / "hf.parquet"), "--out", str(out), *SPEC,
+            "--input-root", str(tmp_path / "img"), env=env)  # ../img: a root the user names
     assert r.returncode == 1, r.stdout + r.stderr[-3000:]
     recs = records(out)
     got = [(x["meta"]["row"], kind(x)) for x in recs]

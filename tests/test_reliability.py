@@ -258,7 +258,7 @@ def test_wait_rides_out_a_redis_restart_and_the_batch_completes(rl, tmp_path):
     store = tmp_path / "store"
     env = {**env_for(rl, 0, store, ITX_VISIBILITY_TIMEOUT="10", ITX_WAIT_STALL_S="45"),
            "ITX_BROKER_URL": f"{redis.url}/0", "ITX_RESULT_BACKEND": f"{redis.url}/1"}
-    d = images(tmp_path / "in", 40)
+    d = images(tmp_path / "in", 80)
     w = Worker("light", env, "light-restart").wait_ready()
     p = None
     try:
@@ -267,13 +267,13 @@ def test_wait_rides_out_a_redis_restart_and_the_batch_completes(rl, tmp_path):
                               "--ocr", "none", "--generator", "none"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              cwd=REPO, env=worker_env(env))
-        wait_for(lambda: len(records(store, "rs")) >= 4, 120, "the first records")
+        wait_for(lambda: len(records(store, "rs")) >= 1, 120, "the first records")
         redis.kill()
         at = len(records(store, "rs"))
         time.sleep(4)
         redis.start()  # same port, same append-only file
         out, err = p.communicate(timeout=240)
-        print(f"Redis killed at {at}/40 records; --wait exit {p.returncode}")
+        print(f"Redis killed at {at}/80 records; --wait exit {p.returncode}")
         assert "Traceback" not in err, err[-3000:]
         if p.returncode == 3:  # a chord lost its result in the outage: --wait said so
             assert "--resume --wait" in err
@@ -281,9 +281,9 @@ def test_wait_rides_out_a_redis_restart_and_the_batch_completes(rl, tmp_path):
             assert r.returncode == 0, r.stdout + r.stderr[-3000:]
         else:
             assert p.returncode == 0, out + err[-3000:]
-        assert at < 40, "the batch ended before Redis was killed"
+        assert at < 80, "the batch ended before Redis was killed"
         recs = records(store, "rs")
-        assert sorted(recs) == sorted(set(ledger(store, "rs"))) and len(recs) == 40
+        assert sorted(recs) == sorted(set(ledger(store, "rs"))) and len(recs) == 80
         assert not [x["error"] for x in recs.values() if x["error"]]
     finally:
         if p and p.poll() is None:
