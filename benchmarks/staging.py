@@ -3,7 +3,7 @@
 100 shards x 500 samples (each a small JPEG with its ``txt`` and ``json``; every JPEG unique,
 so the content-addressed store writes every one) are staged into a fresh ``file://`` store:
 read by ``orchestrator.inputs`` (shards streamed with ``tarfile``), put into the store by
-``orchestrator.batch.stage_items``, one chunk item each, as ``itx run``/``itx submit`` stage
+``orchestrator.submit.stage_items``, one chunk item each, as ``itx run``/``itx submit`` stage
 them. The same images as loose files in a folder are staged the same way. Each staging runs
 in its own process:
 
@@ -80,7 +80,7 @@ def child(ref: str, store_dir: str) -> None:
         if it is None:
             continue
         n += 1
-        errors += bool(it["error"])
+        errors += bool(it.error)
     print(json.dumps({"items": n, "errors": errors, "seconds": time.perf_counter() - t}))
 
 
