@@ -117,8 +117,10 @@ def main(quick: bool = False) -> dict:
     res: dict = {"n": n, "chunk": CHUNK, "spec": {k: v for k, v in specs.items()}}
     cluster: dict = {}
     with redis_server() as redis:
+        # no gc: the direct runs below replay the very chunk ledgers the cluster was given
         env = C.worker_base_env(ITX_BROKER_URL=redis.url + "/0",
-                                ITX_RESULT_BACKEND=redis.url + "/1", ITX_STORE=store.as_uri())
+                                ITX_RESULT_BACKEND=redis.url + "/1", ITX_STORE=store.as_uri(),
+                                ITX_AUTO_GC="false")
         with workers(env, tag="bench") as ws:
             itx(env, "submit", str(tmp / "warm"), "--batch", "warm", "--wait", *specs["full"])
             runs = [(f"light{k}", specs["light"]) for k in range(repeats)]
