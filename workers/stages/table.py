@@ -255,8 +255,8 @@ for _n, _ref, _arch in (("sd-turbo", "stabilityai/sd-turbo", "SD 2.1"),
     declare("generate", _n, f"{_G}.turbo:Turbo", _tiny, consumes=(PROMPT,),
             batch={"cpu": 4, "cuda": 16}, tiny=f"{_T}.generators:build_{_n.replace('-', '_')}",
             defaults=_TURBO, about=f"{_arch} distilled to 1-4 steps, no guidance: fast drafts")
-    declare("generate", f"{_n}-img2img", f"{_G}.turbo:{_arch.split()[0]}TurboImg2Img",
-            _tiny, consumes=(PROMPT, IMAGE), batch={"cpu": 4, "cuda": 16},
+    declare("generate", f"{_n}-img2img", f"{_G}.sd:StableDiffusionImg2Img",
+            _tiny, consumes=(PROMPT, IMAGE), batch={"cpu": 4, "cuda": 16}, shares=f"generate:{_n}",
             defaults={**_TURBO, "steps": 2},
             about=f"{_n}, image-to-image in 2-4 steps on the same weights")
 _FLUX = {"base": "black-forest-labs/FLUX.1-schnell", "tiny-random": "tiny-random/flux-schnell"}
@@ -266,7 +266,7 @@ declare("generate", "flux-schnell", f"{_G}.flux:Flux", _FLUX, consumes=(PROMPT,)
         about="FLUX.1 [schnell] (Apache-2.0): 12B flow transformer, T5 + CLIP, 4 steps; "
               "follows long prompts")
 declare("generate", "flux-schnell-img2img", f"{_G}.flux:FluxImg2Img", _FLUX,
-        consumes=(PROMPT, IMAGE), batch={"cpu": 2, "cuda": 4},
+        consumes=(PROMPT, IMAGE), batch={"cpu": 2, "cuda": 4}, shares="generate:flux-schnell",
         defaults={"steps": 4, "guidance": 0.0, "size": "1024x1024"},
         about="flux-schnell, image-to-image on the same weights")
 

@@ -27,7 +27,8 @@ class Flux(Diffusion):
 
 
 class FluxImg2Img(StableDiffusionImg2Img):
-    text2image = "flux-schnell"
+    """Image-to-image on flux-schnell's loaded components (its declaration's ``shares``)."""
+
     max_sequence_length: ClassVar[int] = 256
 
     def prepare(self, images, width, height, strength):

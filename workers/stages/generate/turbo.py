@@ -3,16 +3,10 @@ distillation) to 1-4 steps without classifier-free guidance; image-to-image on t
 loaded components. The family defaults (1 step, guidance 0, 512 px) are in the declarations."""
 from __future__ import annotations
 
-from workers.stages.generate.sd import StableDiffusion, StableDiffusionImg2Img
+from workers.stages.generate.sd import StableDiffusion
 
 
 class Turbo(StableDiffusion):
-    """Text-to-image; the checkpoint's ``model_index.json`` names the SD 2.1 or SDXL pipeline."""
-
-
-class SDTurboImg2Img(StableDiffusionImg2Img):
-    text2image = "sd-turbo"
-
-
-class SDXLTurboImg2Img(StableDiffusionImg2Img):
-    text2image = "sdxl-turbo"
+    """Text-to-image; the checkpoint's ``model_index.json`` names the SD 2.1 or SDXL pipeline.
+    Its image-to-image variants are ``sd.StableDiffusionImg2Img`` sharing these components
+    (their declarations' ``shares``)."""
