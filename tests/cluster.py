@@ -160,3 +160,15 @@ def workers(env: dict, light: int = 1, heavy: int = 1, tag: str = "t"):
     finally:
         for w in ws:
             w.stop()
+
+
+def kind(rec: dict) -> str | None:
+    """A record's error kind (``not_an_image``, ``timeout``, …), or None."""
+    return rec["error"].split(":", 1)[0] if rec.get("error") else None
+
+
+def one_line_error(r) -> str:
+    """The single ``error:`` line a refused `itx` command printed (asserts there is one)."""
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr[-3000:]
+    return lines[0]

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.cluster import BIN, REPO, worker_env
+from tests.cluster import BIN, REPO, kind, one_line_error, worker_env
 
 NO_MODELS = ["--profile", "tiny-random", "--captioners", "none", "--ocr", "none",
              "--generator", "none"]
@@ -41,16 +41,6 @@ def png(path: Path, seed: int = 0, size=(24, 24)) -> Path:
 
 def manifest(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-
-
-def kind(rec: dict) -> str | None:
-    return rec["error"].split(":", 1)[0] if rec.get("error") else None
-
-
-def one_line_error(r) -> str:
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr[-3000:]
-    return lines[0]
 
 
 # --- edit rules: time budget and prompt growth ----------------------------------------------

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.cluster import BIN, REPO, RedisServer, Worker, free_port, worker_env
+from tests.cluster import (BIN, REPO, RedisServer, Worker, free_port, kind, one_line_error,
+                           worker_env)
 from tests.s3fixture import DUMMY_CREDENTIALS, moto_server
 
 pytestmark = [pytest.mark.faults, pytest.mark.cluster, pytest.mark.slow]
@@ -69,16 +70,6 @@ def ledger(store: Path, batch: str) -> list[str]:
     from workers.storage import open_store
 
     return Batch(batch, open_store(store.as_uri())).submitted_ids()
-
-
-def kind(rec: dict) -> str | None:
-    return rec["error"].split(":", 1)[0] if rec.get("error") else None
-
-
-def one_line_error(r) -> str:
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr[-3000:]
-    return lines[0]
 
 
 def wait_for(cond, timeout: float, what: str) -> None:
