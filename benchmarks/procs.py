@@ -110,6 +110,11 @@ def kill_tree(proc: subprocess.Popen | None, grace: float = 10.0) -> list[str]:
         except subprocess.TimeoutExpired:
             pass
     left = descendants()
+    deadline = time.monotonic() + 3  # helpers that end with their parent (multiprocessing's
+    while left and time.monotonic() < deadline:  # resource tracker) get a moment to do so
+        time.sleep(0.1)
+        reap(proc.pid if proc else None)
+        left = descendants()
     killed = describe(left)
     if left:  # left behind: a short SIGTERM grace (servers exit at once), then SIGKILL
         _signal(left, signal.SIGTERM)

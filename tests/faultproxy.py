@@ -30,6 +30,7 @@ SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Co
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # socketserver's 5 drops the SYNs of a 32-connection client (1 s)
 
     def handle_error(self, request, client_address):  # a client that hung up: not news
         import sys
@@ -87,6 +88,9 @@ class FaultProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body go out in two writes: with Nagle's algorithm the body waits
+            # for the client's delayed ACK of the headers (40 ms on Linux) on every reply
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # quiet
                 pass
