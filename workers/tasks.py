@@ -9,10 +9,11 @@ import logging
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 
 from workers import control
 from workers.app import app
+from workers.pipeline import reuse
 from workers.pipeline.compose import compose as pipeline_compose, timed_out
 from workers.pipeline.generate import generate as pipeline_generate
 from workers.pipeline.read import hand_on, load_chunk, load_partial, load_state
@@ -105,6 +106,8 @@ def compose(self, partials: list[dict], msg: dict) -> dict:
     chunk = load_chunk(msg)
     parts = [load_partial(p) for p in partials or []]
     if any(p.cancelled for p in parts) or control.is_cancelled(chunk.batch, fresh=True):
+        reuse.keep(chunk, parts)  # what the chunk's stages finished, for --resume
+        reuse.flush()
         return _cancelled(chunk.batch, chunk.chunk, len(chunk.items))
     if lost:  # compose itself (a header stage it runs inline) kills its worker
         from workers.records import ComposeState
@@ -125,7 +128,9 @@ def compose(self, partials: list[dict], msg: dict) -> dict:
         r.store_retries += retried
     if not chunk.spec.generator:
         return finish(state)
-    return hand_on(chunk, "compose", state)
+    out = hand_on(chunk, "compose", state)
+    reuse.flush()
+    return out
 
 
 @app.task(name="itx.generate", **HEAVY)
@@ -155,6 +160,12 @@ def generate(self, msg: dict) -> dict:
     for r in state.records:
         r.store_retries += retried
     return finish(state)
+
+
+@worker_process_shutdown.connect
+def _flush(**_):
+    """A pool process that stops writes the stage-reuse objects it still has queued."""
+    reuse.flush(timeout=30)
 
 
 @worker_process_init.connect

@@ -88,7 +88,10 @@ def compose(partials: list[StagePartial], chunk: Chunk, attempts: int = 1,
             store_retries: int = 0) -> ComposeState:
     """Every item's record with its stage outputs and prompt. An item's ``attempts`` is the
     most runs of any of its chunk's tasks; ``store_retries`` those of all of them."""
+    from workers.pipeline import reuse
+
     partials = complete_partials(partials, chunk)
+    reuse.keep(chunk, partials)  # in the background; write.finish waits for it
     attempts = max([attempts] + [p.attempts or 1 for p in partials])
     retried = store_retries + sum(p.store_retries or 0 for p in partials)
     records = []

@@ -1,15 +1,23 @@
-"""Stage reuse: each header stage's output for an image is kept in the store under a key made
-of what determines it, so a later batch (any name) over the same images takes it from there
-instead of running the model again::
+"""Stage reuse: the header stages' outputs for an image are kept in the store, in one object
+per image content, so a later batch (any name) over the same images takes them from there
+instead of running the models again::
 
-    reuse/<stage>-<backend>/<h[:2]>/<h>.json     {"result": …, "ms": …}
-    h = sha256(REUSE_VERSION, image content key, stage:backend, model ref, options)
+    reuse/<c[:2]>/<c>.json    {"v": 2, "entries": {<e>: {"stage": "caption:blip",
+                                                          "result": …, "ms": …}, …}}
+    c = the image's content key: the staged object's name, inputs/<sha256>.<ext>
+    e = sha256(stage:backend, model ref, options)[:32]
 
-The image content key is the staged object's name, ``inputs/<sha256 prefix>.<ext>`` (content
-addressed); an image used where it already was in the store (not under ``inputs/``) has no
-content key and is never reused. ``options`` are the stage's inputs besides the image that
-change its output (VQA: the item's questions). Errors are never kept (they may be transient).
-``PipelineSpec.reuse=False`` (``--no-reuse``) skips the lookups; fresh outputs are still kept.
+``options`` are the stage's inputs besides the image that change its output (VQA: the item's
+questions). An image used where it already was in the store (not under ``inputs/``) has no
+content key and is never reused. Errors are never kept (they may be transient).
+
+Store requests: a chunk's header tasks read their items' objects once per process (one GET
+per item, shared by every stage of the chunk and read ahead with it, ``prefetch.py``);
+compose adds every stage's fresh outputs and writes each changed object once, beside the
+records. Two batches that write the same image's object at the same time may each drop the
+other's new entries (the last write wins): that costs a recomputation later, never a wrong
+output. ``PipelineSpec.reuse=False`` (``--no-reuse``) skips the lookups; fresh outputs are
+still kept.
 """
 from __future__ import annotations
 
@@ -17,15 +25,23 @@ import hashlib
 import json
 import logging
 import re
+import threading
+from concurrent.futures import wait
 
-from workers.pipeline.read import POOL
-from workers.records import Item
-from workers.storage import TransientStoreError, open_store
+from workers.pipeline.read import POOL, Lru
+from workers.records import Chunk, Item, StagePartial
+from workers.storage import NotFoundError, open_store
 
 log = logging.getLogger(__name__)
 
-REUSE_VERSION = 1  # bump when a stage's output format changes
-_CONTENT = re.compile(r"(?:^|/)inputs/([0-9a-f]{32,64}\.[A-Za-z0-9]{1,8})$")
+REUSE_VERSION = 2  # bump when a stage's output format or this layout changes
+_CONTENT = re.compile(r"(?:^|/)inputs/([0-9a-f]{32,64})\.[A-Za-z0-9]{1,8}$")
+# (store, content, nonce) -> the entries its object held when this process read it for
+# that submission ({}: none); compose merges into them, so an object the chunk's stages read
+# is not read again
+FOUND = Lru(4096)
+_pending: set = set()  # writes queued by keep() and not yet done
+_lock = threading.Lock()
 
 
 def content_of(item: Item) -> str | None:
@@ -34,36 +50,101 @@ def content_of(item: Item) -> str | None:
     return m.group(1) if m else None
 
 
-def reuse_key(content: str, key: str, ref: str, options) -> str:
-    h = hashlib.sha256(json.dumps([REUSE_VERSION, content, key, ref, options],
-                                  sort_keys=True).encode()).hexdigest()
-    return f"reuse/{key.replace(':', '-')}/{h[:2]}/{h}.json"
+def object_key(content: str) -> str:
+    return f"reuse/{content[:2]}/{content}.json"
 
 
-def _get(k: str):
+def entry_key(key: str, ref: str, options) -> str:
+    return hashlib.sha256(json.dumps([REUSE_VERSION, key, ref, options], sort_keys=True)
+                          .encode()).hexdigest()[:32]
+
+
+def _get(content: str) -> dict:
     try:
-        return open_store().get_json(k)
-    except TransientStoreError:
-        return None
-    except Exception:  # not there (the common case) or unreadable: compute it
-        return None
+        obj = open_store().get_json(object_key(content))
+    except NotFoundError:
+        return {}
+    except Exception as e:  # unreadable, or the store is down: compute instead
+        log.debug("reuse object of %s not read: %s", content, e)
+        return {}
+    entries = obj.get("entries") if isinstance(obj, dict) and obj.get("v") == REUSE_VERSION \
+        else None
+    return entries if isinstance(entries, dict) else {}
 
 
-def lookup(keys: dict[str, str]) -> dict[str, dict]:
-    """``item id -> {"result", "ms"}`` for the ids whose reuse key is in the store."""
-    ids = list(keys)
-    got = POOL.map(lambda i: _get(keys[i]), ids)
-    return {i: v for i, v in zip(ids, got) if isinstance(v, dict) and "result" in v}
+def read(contents, nonce: str | None) -> dict[str, dict]:
+    """``content -> entries`` for these images: from memory when this process read them
+    already for this submission (``nonce``), else one GET each, in parallel."""
+    uri = open_store().uri
+    out, todo = {}, []
+    for c in dict.fromkeys(contents):
+        got = FOUND.get((uri, c, nonce))
+        if got is None:
+            todo.append(c)
+        else:
+            out[c] = got
+    for c, entries in zip(todo, POOL.map(_get, todo)):
+        FOUND.put((uri, c, nonce), entries)
+        out[c] = entries
+    return out
 
 
-def keep(keys: dict[str, str], results: dict, ms: dict) -> None:
-    """Store fresh outputs under their reuse keys (best effort: a failure costs only reuse)."""
-    store = open_store()
+def lookup(keys: dict[str, tuple[str, str]], nonce: str | None) -> dict[str, dict]:
+    """``item id -> {"result", "ms"}`` for the ids (``-> (content, entry)``) whose entry the
+    image's reuse object holds."""
+    found = read((c for c, _ in keys.values()), nonce)
+    out = {}
+    for i, (c, e) in keys.items():
+        hit = found[c].get(e)
+        if isinstance(hit, dict) and "result" in hit:
+            out[i] = hit
+    return out
 
-    def put(i):
+
+def keep(chunk: Chunk, partials: list[StagePartial]) -> None:
+    """Add the partials' fresh outputs (not errors, not reused) to their images' reuse
+    objects and write each changed object once, in the background (``flush`` waits for
+    them; best effort: a failed write costs only reuse)."""
+    from workers.pipeline.run import reuse_keys
+
+    new: dict[str, dict] = {}
+    for p in partials:
+        fresh = [i for i in p.results if i not in p.reused and i not in p.errors]
+        if not fresh or p.cancelled:
+            continue
+        stage, name = p.stage.split(":", 1)
+        keys = reuse_keys(chunk, stage, name, ref=p.model or None)
+        for i in fresh:
+            if i in keys:
+                c, e = keys[i]
+                new.setdefault(c, {})[e] = {"stage": p.stage, "result": p.results[i],
+                                            "ms": p.ms.get(i)}
+    if not new:
+        return
+    store, uri = open_store(), open_store().uri
+    old = read(new, chunk.nonce)
+
+    def put(c: str) -> None:
+        entries = {**old[c], **new[c]}
         try:
-            store.put_json(keys[i], {"result": results[i], "ms": ms.get(i)})
+            store.put_json(object_key(c), {"v": REUSE_VERSION, "entries": entries})
+            FOUND.put((uri, c, chunk.nonce), entries)
         except Exception as e:
-            log.warning("could not keep %s for reuse: %s", keys[i], e)
+            log.warning("could not keep the outputs of %s for reuse: %s", c, e)
 
-    list(POOL.map(put, [i for i in results if i in keys]))
+    def done(f):
+        with _lock:
+            _pending.discard(f)
+
+    for c in new:
+        f = POOL.submit(put, c)
+        with _lock:
+            _pending.add(f)
+        f.add_done_callback(done)
+
+
+def flush(timeout: float | None = 120) -> None:
+    """Wait for the reuse writes queued so far."""
+    with _lock:
+        todo = list(_pending)
+    wait(todo, timeout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from workers.images import ItemError
 from workers.pipeline.read import read_images
@@ -40,28 +41,42 @@ def load(spec: PipelineSpec, stage: str, name: str):
     return load_backend(stage, name, ref=spec.model_ref(stage, name), profile=spec.profile)
 
 
-def run_stage(chunk: Chunk, stage: str, name: str) -> StagePartial:
-    """Run backend ``stage``/``name`` over the chunk's good images in mini-batches. Outputs
-    an earlier run kept for the same image, model and options are reused (``reuse.py``);
-    between mini-batches a cancelled batch raises :class:`workers.control.Cancelled`."""
+def reuse_keys(chunk: Chunk, stage: str, name: str, ref: str | None = None
+               ) -> dict[str, tuple[str, str]]:
+    """``item id -> (content, entry)``: where each content-addressed item's output of this
+    stage is kept for reuse (``reuse.py``); ``ref``: the model ref (the spec's by default)."""
     from workers.pipeline import reuse
 
     spec, decl = chunk.spec, table.get(stage, name)
-    partial = StagePartial(stage=decl.key, model=spec.model_ref(stage, name))
-    asks = table.QUESTIONS in decl.consumes
+    asks, ref = table.QUESTIONS in decl.consumes, ref or spec.model_ref(stage, name)
     keys = {}
     for it in chunk.items:
         content = None if it.error else reuse.content_of(it)
         if content:
             opts = {"questions": item_questions(spec, it)} if asks else {}
-            keys[it.id] = reuse.reuse_key(content, decl.key, partial.model, opts)
-    hits = reuse.lookup(keys) if spec.reuse and keys else {}
+            keys[it.id] = (content, reuse.entry_key(decl.key, ref, opts))
+    return keys
+
+
+def run_stage(chunk: Chunk, stage: str, name: str) -> StagePartial:
+    """Run backend ``stage``/``name`` over the chunk's good images in mini-batches. Outputs
+    an earlier run kept for the same image, model and options are reused (``reuse.py``);
+    between mini-batches a cancelled batch raises :class:`workers.control.Cancelled`. Once
+    its images are read, the next chunk is read ahead while the model runs (``prefetch.py``)."""
+    from workers.pipeline import prefetch, reuse
+
+    spec, decl = chunk.spec, table.get(stage, name)
+    partial = StagePartial(stage=decl.key, model=spec.model_ref(stage, name))
+    prefetch.wait(chunk)  # what a read-ahead of this chunk has read is in memory
+    keys = reuse_keys(chunk, stage, name)
+    hits = reuse.lookup(keys, chunk.nonce) if spec.reuse and keys else {}
     for i, hit in hits.items():
         partial.results[i] = hit["result"]
         partial.ms[i] = 0.0
         partial.reused.append(i)
     todo = [it for it in chunk.items if it.id not in hits]
     images = read_images(todo)
+    prefetch.ahead(chunk)
     for i, img in images.items():
         if isinstance(img, ItemError):
             partial.errors[i] = str(img)
@@ -76,24 +91,24 @@ def run_stage(chunk: Chunk, stage: str, name: str) -> StagePartial:
         partial.errors.update({it.id: msg for it in good})
         return partial
     cols = [[images[it.id] for it in good]]
-    if asks:
+    if table.QUESTIONS in decl.consumes:
         cols.append([item_questions(spec, it) for it in good])
     outs, per = run_sliced(backend, decl.key, cols, backend.spec_kwargs(spec), chunk.batch)
-    fresh = {}
     for it, out in zip(good, outs):
         if isinstance(out, ItemError):
             partial.errors[it.id] = str(out)
         else:
-            partial.results[it.id] = fresh[it.id] = out
+            partial.results[it.id] = out
             partial.ms[it.id] = round(per, 1)
-    if fresh and keys:
-        reuse.keep(keys, fresh, partial.ms)
-    return partial
+    return partial  # compose keeps the fresh outputs for reuse
 
 
-def run_sliced(backend, key: str, cols: list, kwargs: dict, batch: str) -> tuple[list, float]:
+def run_sliced(backend, key: str, cols: list, kwargs: dict, batch: str,
+               on_part: Callable[[int, list], None] | None = None) -> tuple[list, float]:
     """:func:`run_isolated` one mini-batch (``backend.max_batch`` items) at a time, checking
-    between them whether ``batch`` was cancelled (raises ``Cancelled``)."""
+    between them whether ``batch`` was cancelled (raises ``Cancelled``). ``on_part(start,
+    outputs)`` is called with each mini-batch's outputs as it is done (the generator starts
+    storing them while the next one runs)."""
     from workers import control
 
     n = len(cols[0])
@@ -106,6 +121,8 @@ def run_sliced(backend, key: str, cols: list, kwargs: dict, batch: str) -> tuple
         part, _ = run_isolated(backend, key, [None if c is None else c[i:i + step]
                                               for c in cols], kwargs)
         outs.extend(part)
+        if on_part:
+            on_part(i, part)
     return outs, (time.perf_counter() - t0) * 1000 / max(1, n)
 
 

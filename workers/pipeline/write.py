@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 
 from workers.pipeline.read import POOL
 from workers.records import ChunkSummary, ComposeState, ResultRecord
@@ -13,16 +14,26 @@ def output_key(batch: str, item_id: str, k: int) -> str:
     return f"runs/{batch}/images/{item_id}-{k}.png"
 
 
-def put_outputs(batch: str, made: list[tuple[ResultRecord, list]]) -> None:
-    """Store each record's images (PNG encoding and uploads in threads, off the model's
-    critical path) and set its ``outputs`` to their URIs."""
+def start_outputs(batch: str, made: list[tuple[ResultRecord, list]]) -> list[Future]:
+    """Start storing each record's images (PNG encoding and uploads in threads, off the
+    model's critical path); each record's ``outputs`` gets their URIs as they land. Wait for
+    the futures before the records are written."""
     store = open_store()
-    jobs = [(r, k, img) for r, images in made for k, img in enumerate(images)]
+
+    def put(r: ResultRecord, k: int, img) -> None:
+        r.outputs[k] = store.put_image(output_key(batch, r.id, k), img)
+
+    futures = []
     for r, images in made:
         r.outputs = [None] * len(images)
-    for r, k, uri in POOL.map(lambda j: (j[0], j[1], store.put_image(output_key(batch, j[0].id, j[1]),
-                                                                     j[2])), jobs):
-        r.outputs[k] = uri
+        futures += [POOL.submit(put, r, k, img) for k, img in enumerate(images)]
+    return futures
+
+
+def put_outputs(batch: str, made: list[tuple[ResultRecord, list]]) -> None:
+    """Store each record's images and set its ``outputs`` to their URIs."""
+    for f in start_outputs(batch, made):
+        f.result()
 
 
 def record_key(batch: str, item_id: str) -> str:
@@ -30,7 +41,10 @@ def record_key(batch: str, item_id: str) -> str:
 
 
 def finish(state: ComposeState) -> dict:
-    """Write every record; return the chunk's small summary (it goes through Redis)."""
+    """Write every record; return the chunk's small summary (it goes through Redis). The
+    stage-reuse objects compose queued are written beside them (done when this returns)."""
+    from workers.pipeline import reuse
+
     store, now = open_store(), time.time()
 
     def put(rec: ResultRecord) -> None:
@@ -38,6 +52,7 @@ def finish(state: ComposeState) -> dict:
         store.put_json(record_key(state.batch, rec.id), rec.dump())
 
     list(POOL.map(put, state.records))
+    reuse.flush()
     failed = sum(1 for r in state.records if r.error)
     return ChunkSummary(batch=state.batch, chunk=state.chunk, done=len(state.records) - failed,
                         failed=failed, ids=[r.id for r in state.records]).dump()
