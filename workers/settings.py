@@ -48,10 +48,14 @@ class Settings(BaseSettings):
     heartbeat_file: Path | None = None  # touched at each worker heartbeat; probes read its age
 
     # --- stages ---------------------------------------------------------
-    # where a backend runs, when not where the stage table says: "caption:qwen2.5-vl=heavy,..."
+    # where a backend (or a whole stage) runs, when not where the stage table says:
+    # "caption:qwen2.5-vl=heavy,ocr=ocr" (queues: light, heavy, ocr)
     routes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     # decoded images a worker process keeps for the other stages of the same chunk, in bytes
     image_cache_bytes: int = 512 * 1024 * 1024
+    # while a chunk computes, read the next one this process will likely run (ledger, images,
+    # stage-reuse lookups); reuse entries are written in the background
+    prefetch: bool = True
 
     # --- limits on input (each has its own error) ------------------------
     max_pixels: int = 40_000_000
@@ -137,12 +141,16 @@ class Settings(BaseSettings):
     def _routes(cls, v):
         if not isinstance(v, str):
             return v
+        from workers.stages.table import QUEUES, STAGES
+
         out = {}
         for part in filter(None, (p.strip() for p in v.split(","))):
-            key, eq, queue = part.rpartition("=")
-            if not eq or ":" not in key or queue not in ("light", "heavy"):
-                raise ValueError(f"ITX_ROUTES entry {part!r}: write STAGE:BACKEND=light|heavy")
-            out[key.strip()] = queue
+            key, eq, queue = (x.strip() for x in part.rpartition("="))
+            if not eq or key.split(":")[0] not in STAGES or queue not in QUEUES:
+                raise ValueError(f"ITX_ROUTES entry {part!r}: write STAGE:BACKEND=QUEUE or "
+                                 f"STAGE=QUEUE (stages: {', '.join(STAGES)}; queues: "
+                                 f"{', '.join(QUEUES)})")
+            out[key] = queue
         return out
 
     @field_validator("model_dir", mode="before")

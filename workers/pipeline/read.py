@@ -53,6 +53,14 @@ class Lru:
             while self.used > self.size:
                 self.used -= self._d.popitem(last=False)[1][1]
 
+    def pop(self, key, default=None):
+        with self._lock:
+            if key not in self._d:
+                return default
+            value, n = self._d.pop(key)
+            self.used -= n
+            return value
+
     def __len__(self) -> int:
         return len(self._d)
 
@@ -71,7 +79,9 @@ IMAGES = Lru(get_settings().image_cache_bytes, image_bytes)  # image URI -> imag
 # OBJECT_WEIGHT x its JSON bytes (roughly what the parsed objects hold in memory)
 OBJECT_WEIGHT = 4
 OBJECTS = Lru(get_settings().object_cache_bytes)
-POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="itx-io")
+# store requests and decoding: a chunk's requests go out at once (the S3 client keeps 32
+# connections), so a store's latency is paid about once per chunk, not once per item
+POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="itx-io")
 
 
 # --- images ------------------------------------------------------------------------------

@@ -1,0 +1,122 @@
+"""Keeping the model busy: while a chunk's model runs, the next chunk's ledger, images and
+stage-reuse objects are read ahead, so its tasks make no reads of their own; stage reuse is
+one object per image (one GET per item for all stages, one PUT by compose).
+
+Real S3 (moto's server) behind the fault proxy, which sees every request the code makes."""
+from __future__ import annotations
+
+import boto3
+import numpy as np
+from PIL import Image
+
+from tests.faultproxy import FaultProxy
+from tests.s3fixture import moto_server, s3_env
+
+BUCKET = "itx-test-prefetch"
+
+
+def _chunks(store, spec, n_chunks: int, per: int, start: int = 0):
+    from workers.records import Chunk
+
+    chunks = []
+    for c in range(n_chunks):
+        items = []
+        for i in range(per):
+            k = start + c * per + i
+            a = np.random.default_rng(k).integers(0, 255, (24 + k % 3 * 8, 32, 3), np.uint8)
+            uri, _ = store.put_content(_png(a), "png")
+            items.append({"id": f"p{k}", "image": uri, "source": f"p{k}.png"})
+        chunk = Chunk(batch="ahead", chunk=c, spec=spec, items=items,
+                      ref=f"runs/ahead/chunks/{c:06d}.json", nonce=f"n{start}")
+        store.put_json(chunk.ref, chunk.ledger())
+        chunks.append(chunk)
+    return chunks
+
+
+def _png(a) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _reads(proxy, prefix: str) -> int:
+    return sum(1 for m, p in proxy.requests if m == "GET" and f"/store/{prefix}" in p)
+
+
+def test_read_ahead_and_one_reuse_object_per_image(model_dir):
+    from workers.pipeline import prefetch, reuse
+    from workers.pipeline.compose import compose
+    from workers.pipeline.read import IMAGES
+    from workers.pipeline.run import run_stage
+    from workers.pipeline.write import finish
+    from workers.settings import use_settings
+    from workers.spec import PipelineSpec
+    from workers.storage import open_store
+
+    spec = PipelineSpec(ocr="none", captioners=["blip", "git"], generator="none").resolved(
+        "tiny-random")
+    with moto_server() as endpoint, FaultProxy(endpoint) as proxy, s3_env(proxy.url):
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        with use_settings(store=f"s3://{BUCKET}/store"):
+            store = open_store()
+            c0, c1, c2 = _chunks(store, spec, 3, per=4)
+            proxy.reset_counts()
+            p0 = [run_stage(c0, "caption", "blip"), run_stage(c0, "caption", "git")]
+            # chunk 0's first stage read its 4 images and 4 reuse objects (one per image,
+            # for both stages) and then read chunk 1 ahead: ledger, images, reuse objects
+            prefetch.wait(c1)
+            assert _reads(proxy, "inputs/") == 8 and _reads(proxy, "reuse/") == 8
+            assert _reads(proxy, "runs/ahead/chunks/000001") == 1
+            assert all(IMAGES.get(it.image) is not None for it in c1.items)
+            finish(compose(p0, c0))
+            proxy.reset_counts()
+            p1 = [run_stage(c1, "caption", "blip"), run_stage(c1, "caption", "git")]
+            # chunk 1's tasks found everything in memory; they read chunk 2 ahead (stride 1)
+            prefetch.wait(c2)
+            assert _reads(proxy, "runs/ahead/chunks/000001") == 0
+            assert _reads(proxy, "inputs/") == 4 and _reads(proxy, "reuse/") == 4
+            finish(compose(p1, c1))
+            assert all(r for p in p0 + p1 for r in p.results.values())
+
+            # compose kept both stages of each image in one object
+            it = c0.items[0]
+            obj = store.get_json(reuse.object_key(reuse.content_of(it)))
+            assert obj["v"] == reuse.REUSE_VERSION
+            assert sorted(e["stage"] for e in obj["entries"].values()) == \
+                ["caption:blip", "caption:git"]
+            assert obj["entries"][reuse.entry_key("caption:blip", spec.model_ref(
+                "caption", "blip"), {})]["result"] == p0[0].results[it.id]
+
+            # a new submission over the same images (new nonce, nothing cached for it):
+            # one GET per image answers every stage, and nothing runs again
+            again = _chunks(store, spec, 1, per=4, start=0)[0].model_copy(
+                update={"nonce": "other", "batch": "again"})
+            proxy.reset_counts()
+            parts = [run_stage(again, "caption", "blip"), run_stage(again, "caption", "git")]
+            assert [sorted(p.reused) for p in parts] == [sorted(i.id for i in again.items)] * 2
+            assert parts[1].results == p0[1].results
+            assert _reads(proxy, "reuse/") == 4 and _reads(proxy, "inputs/") == 0
+
+
+def test_a_wrong_guess_costs_only_reads(model_dir, tmp_path):
+    """No ledger where the read-ahead looks (the batch's last chunk, or another worker's
+    stride): nothing breaks, and the next task reads for itself."""
+    from workers.pipeline import prefetch
+    from workers.pipeline.run import run_stage
+    from workers.settings import use_settings
+    from workers.spec import PipelineSpec
+    from workers.storage import open_store
+
+    spec = PipelineSpec(ocr="none", captioners=["blip"], generator="none").resolved(
+        "tiny-random")
+    with use_settings(store=(tmp_path / "store").as_uri()):
+        store = open_store()
+        (last,) = _chunks(store, spec, 1, per=3, start=100)
+        p = run_stage(last, "caption", "blip")
+        prefetch.wait(last.model_copy(update={"chunk": 1, "ref": "runs/ahead/chunks/000001.json"}))
+        assert len(p.results) == 3 and not p.errors
+        with use_settings(prefetch=False):
+            (off,) = _chunks(store, spec, 1, per=2, start=200)
+            assert len(run_stage(off, "caption", "blip").results) == 2
