@@ -12,7 +12,9 @@ expiry): Celery's ``redelivered`` flag only says "at least once".
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from workers.settings import get_settings
 from workers.storage import open_store
@@ -30,23 +32,41 @@ def cancel_key(batch: str) -> str:
 
 _SEEN: dict[tuple[str, str], tuple[float, bool]] = {}  # (store, batch) -> (checked at, cancelled)
 _TTL = 0.5  # seconds: a worker asks the store at most twice a second per batch
+_STALE = 5.0  # an answer older than this is not used even once (ask the store first)
+_asking: set = set()  # keys whose marker a background check is reading now
+_lock = threading.Lock()
+_ASK = ThreadPoolExecutor(max_workers=1, thread_name_prefix="itx-cancel")
 
 
-def is_cancelled(batch: str, fresh: bool = False) -> bool:
-    """Whether ``batch`` carries a cancel marker (cached for half a second per process)."""
-    store = open_store()
-    key = (store.uri, batch)
-    now = time.monotonic()
-    hit = _SEEN.get(key)
-    if hit and not fresh and now - hit[0] < _TTL:
-        return hit[1]
+def _ask(store, key: tuple[str, str], batch: str) -> bool:
     try:
         flag = store.exists(cancel_key(batch))
     except Exception as e:  # the store is down: go on (the task's own reads will retry)
         log.warning("could not read the cancel marker of %s: %s", batch, e)
-        flag = False
-    _SEEN[key] = (now, flag)
+        flag = _SEEN.get(key, (0, False))[1]
+    _SEEN[key] = (time.monotonic(), flag)
+    with _lock:
+        _asking.discard(key)
     return flag
+
+
+def is_cancelled(batch: str, fresh: bool = False) -> bool:
+    """Whether ``batch`` carries a cancel marker. While a process works on a batch it asks
+    the store twice a second in the background and answers from the last reply (no task
+    waits on the store for it); a reply older than 5 s, or ``fresh``, is asked for now."""
+    store = open_store()
+    key = (store.uri, batch)
+    hit = _SEEN.get(key)
+    age = time.monotonic() - hit[0] if hit else None
+    if age is None or fresh or age >= _STALE:
+        return _ask(store, key, batch)
+    if age >= _TTL:
+        with _lock:
+            start = key not in _asking
+            _asking.add(key)
+        if start:
+            _ASK.submit(_ask, store, key, batch)
+    return hit[1]
 
 
 def check(batch: str) -> None:
