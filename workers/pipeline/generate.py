@@ -5,7 +5,7 @@ from workers.images import ItemError
 from workers.pipeline.read import read_images
 from workers.pipeline.run import error_text, load, run_sliced
 from workers.pipeline.score import score_outputs
-from workers.pipeline.write import put_outputs
+from workers.pipeline.write import start_outputs
 from workers.records import ComposeState, Item, ResultRecord
 from workers.settings import get_settings
 from workers.stages import table
@@ -56,16 +56,30 @@ def _run(state: ComposeState, decl: table.Decl, todo: list[ResultRecord], source
         r.models.update(backend.stage_refs(spec))
     prompts = [r.prompt for r in todo]
     seeds = item_seeds(spec.seed, [r.id for r in todo])  # stable per item, any chunking
-    outs, per = run_sliced(backend, decl.key, [prompts, sources, seeds], kwargs, state.batch)
-    made = []
-    for r, images in zip(todo, outs):
-        if isinstance(images, ItemError):
-            r.error = str(images)
-        else:
-            r.timings_ms[decl.key] = round(per, 1)
+    made, uploads = [], []
+
+    def stored(start: int, outs: list) -> None:  # each mini-batch, while the next one runs
+        part = []
+        for r, images in zip(todo[start:start + len(outs)], outs):
+            if isinstance(images, ItemError):
+                r.error = str(images)
+                continue
             for k, flag in enumerate(getattr(images, "nsfw", None) or []):
                 if flag is not None:  # the safety checker's verdict (None: no checker)
                     r.flags[output_key("nsfw", k)] = bool(flag)
-            made.append((r, images))
+            part.append((r, images))
+        made.extend(part)
+        uploads.extend(start_outputs(state.batch, part))
+
+    try:
+        _, per = run_sliced(backend, decl.key, [prompts, sources, seeds], kwargs, state.batch,
+                            on_part=stored)
+    except BaseException:
+        for f in uploads:  # cancelled, or out of time: the started uploads end first
+            f.exception()
+        raise
+    for r, _ in made:
+        r.timings_ms[decl.key] = round(per, 1)
     score_outputs(spec, made)  # --score: while the images are in memory
-    put_outputs(state.batch, made)
+    for f in uploads:
+        f.result()
