@@ -101,7 +101,7 @@ class Worker:
     def __init__(self, queue: str, env: dict, name: str, concurrency: int = 1, extra=()):
         self.queue, self.env, self.name = queue, env, name
         self.log = tempfile.NamedTemporaryFile(prefix=f"itx-{name}-", suffix=".log", delete=False)
-        cmd = [str(BIN / "celery"), *(LIGHT_CMD if queue == "light" else HEAVY_CMD)[1:],
+        cmd = [str(BIN / "celery"), *LIGHT_CMD[1:-1], queue,  # -Q light|heavy|ocr
                "--concurrency", str(concurrency), "--loglevel", "INFO", "-n", f"{name}@%h",
                "--without-mingle", "--without-gossip", *extra]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,

@@ -304,3 +304,27 @@ def test_preload_loads_models_in_the_pool_process_not_the_parent(cluster):
         assert all("ForkPoolWorker" in x for x in lines), lines  # never in MainProcess
     finally:
         w.stop()
+
+
+def test_ocr_on_workers_of_its_own(cluster, tmp_path):
+    """ITX_ROUTES=ocr=ocr sends every OCR task to the `ocr` queue: a deployment gives OCR its
+    own (CPU) workers, `celery -A workers worker -Q ocr`, and the light pool never runs it."""
+    from tests.cluster import Worker
+
+    env = {**cluster["env"], "ITX_ROUTES": "ocr=ocr"}
+    w = Worker("ocr", env, "ocr-own").wait_ready()
+    try:
+        make_images(tmp_path / "in", 6, start=4100)
+        r = itx(env, "submit", str(tmp_path / "in"), "--batch", "ownocr", "--wait",
+                "--ocr", "rapidocr", "--captioners", "blip", "--generator", "none", timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        recs = records(cluster["s3"], "ownocr")
+        assert len(recs) == 6 and not any(v["error"] for v in recs.values())
+        assert all(v["ocr"] is not None and v["captions"]["blip"] for v in recs.values())
+        assert "runs/ownocr/parts/000000/ocr-rapidocr.json" in w.output()
+        assert "caption-blip" not in w.output()  # captions stayed on the light pool
+        light = "".join(x.output() for x in cluster["workers"] if x.queue == "light")
+        assert "runs/ownocr/parts/000000/caption-blip.json" in light
+        assert "ocr-rapidocr" not in light.split("ownocr", 1)[-1]
+    finally:
+        w.stop()

@@ -60,10 +60,19 @@ def test_routes_are_overridable(monkeypatch):
     try:
         assert table.queue_of("caption", "git") == "heavy"
         assert table.queue_of("caption", "blip") == "light"
-        monkeypatch.setenv("ITX_ROUTES", "caption:git=gpu")
+        monkeypatch.setenv("ITX_ROUTES", "ocr=ocr, caption:git=heavy")  # a whole stage
         reset_settings()
-        with pytest.raises(ValueError, match="STAGE:BACKEND=light"):
-            table.queue_of("caption", "git")
+        assert {table.queue_of("ocr", n) for n in table.names("ocr")} == {"ocr"}
+        assert table.routes()["caption:git"] == "heavy"
+        from workers.app import queues
+        from workers.settings import get_settings
+
+        assert queues(get_settings()) == ["light", "heavy", "ocr"]
+        for bad in ("caption:git=gpu", "captions=light", "caption:git"):  # typos: no hang
+            monkeypatch.setenv("ITX_ROUTES", bad)
+            reset_settings()
+            with pytest.raises(ValueError, match="STAGE:BACKEND=QUEUE"):
+                table.queue_of("caption", "git")
     finally:
         monkeypatch.delenv("ITX_ROUTES")
         reset_settings()

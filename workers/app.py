@@ -2,6 +2,7 @@
 
     celery -A workers worker -Q light   # small GPUs: ocr, caption, vqa (the stage table's routes)
     celery -A workers worker -Q heavy   # large GPUs: compose (when generate follows), generate
+    celery -A workers worker -Q ocr     # OCR on workers of its own, with ITX_ROUTES=ocr=ocr
     celery -A workers flower            # monitoring
 
 Only JSON crosses the broker; a message in any other serialization is rejected.
@@ -28,6 +29,11 @@ def redis_tls(s) -> dict:
     opts = {"ssl_cert_reqs": reqs, "ssl_ca_certs": s.redis_ssl_ca_certs,
             "ssl_certfile": s.redis_ssl_certfile, "ssl_keyfile": s.redis_ssl_keyfile}
     return {k: v for k, v in opts.items() if v not in ("", None)}
+
+
+def queues(s) -> list[str]:
+    """The queues this deployment uses: the two pools, and any ITX_ROUTES sends work to."""
+    return [LIGHT, HEAVY] + sorted(set(s.routes.values()) - {LIGHT, HEAVY})
 
 
 def celery_config(s=None) -> dict:
@@ -62,7 +68,8 @@ def celery_config(s=None) -> dict:
         accept_content=["json"],
         result_accept_content=["json"],
         # queues and routes: list names equal queue names (no priorities), for KEDA
-        task_queues=(Queue(LIGHT, routing_key=LIGHT), Queue(HEAVY, routing_key=HEAVY)),
+        # (and `ocr` where ITX_ROUTES sends a stage there: OCR on workers of its own)
+        task_queues=tuple(Queue(q, routing_key=q) for q in queues(s)),
         task_default_queue=LIGHT,
         # header stages go where the stage table (or ITX_ROUTES) says: the canvas sets each
         # signature's queue; compose runs where the generator does, else on the light queue

@@ -18,6 +18,10 @@ import importlib
 from dataclasses import dataclass, field, replace
 
 LIGHT, HEAVY = "light", "heavy"
+# queues a stage may be routed to: the two pools, and `ocr` for OCR on workers of its own
+# (ITX_ROUTES=ocr=ocr; start them with `celery -A workers worker -Q ocr`)
+OCR = "ocr"
+QUEUES = (LIGHT, HEAVY, OCR)
 
 
 @dataclass(frozen=True)
@@ -134,20 +138,17 @@ def decls(stage: str | None = None) -> list[Decl]:
 
 
 def routes() -> dict[str, str]:
-    """``stage:name -> queue`` for every backend: the declaration's, the stage's, or the
-    operator's override (``ITX_ROUTES=caption:qwen2.5-vl=heavy,...``)."""
-    from workers.settings import get_settings
-
-    out = {d.key: d.queue or STAGES[d.stage].queue for d in _TABLE.values()}
-    out.update(get_settings().routes)
-    return out
+    """``stage:name -> queue`` for every backend: the operator's override for the backend
+    or its whole stage (``ITX_ROUTES=caption:qwen2.5-vl=heavy,ocr=ocr``), else the
+    declaration's, else the stage's."""
+    return {d.key: queue_of(d.stage, d.name) for d in _TABLE.values()}
 
 
 def queue_of(stage: str, name: str) -> str:
     from workers.settings import get_settings
 
-    d = get(stage, name)
-    return get_settings().routes.get(d.key) or d.queue or STAGES[stage].queue
+    d, routed = get(stage, name), get_settings().routes
+    return routed.get(d.key) or routed.get(stage) or d.queue or STAGES[stage].queue
 
 
 # --- the table ---------------------------------------------------------------------------------
