@@ -129,10 +129,20 @@ class FaultProxy:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
                 if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
                     headers["Content-Length"] = str(len(body))
-                conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
+                conn = getattr(self, "_upstream", None)  # one per client connection, kept
+                if conn is None:
+                    conn = self._upstream = http.client.HTTPConnection(*proxy.upstream,
+                                                                       timeout=60)
                 try:
-                    conn.request(self.command, self.path, body=body or None, headers=headers)
-                    r = conn.getresponse()
+                    try:
+                        conn.request(self.command, self.path, body=body or None,
+                                     headers=headers)
+                        r = conn.getresponse()
+                    except (http.client.RemoteDisconnected, ConnectionError):
+                        conn.close()  # the endpoint closed the kept connection: once more
+                        conn.request(self.command, self.path, body=body or None,
+                                     headers=headers)
+                        r = conn.getresponse()
                     data = r.read()
                     self.send_response(r.status, r.reason)
                     for k, v in r.getheaders():
@@ -145,8 +155,14 @@ class FaultProxy:
                     self.end_headers()
                     if self.command != "HEAD":
                         self.wfile.write(data)
-                finally:
+                except BaseException:
                     conn.close()
+                    raise
+
+            def finish(self):
+                super().finish()
+                if getattr(self, "_upstream", None) is not None:
+                    self._upstream.close()
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _serve
 
