@@ -47,3 +47,29 @@ def test_compose_dedupes_partials_and_runs_a_missing_stage(tmp_path, model_dir):
             assert rec[k] == want[k], k
         assert rec["captions"]["blip"] and rec["vqa"]["what is it?"]
         assert rec["attempts"] == 2 and rec["store_retries"] == 0
+
+
+def test_compose_waits_for_a_partial_still_being_written(tmp_path, monkeypatch):
+    """Header tasks write their partials in the background: compose in another process
+    reads one that lands while it waits, and gets None (the stage runs again inline, as
+    above) for one that never lands because its worker died first."""
+    import threading
+    import time
+
+    from workers.pipeline import read
+    from workers.records import StagePartial
+    from workers.settings import use_settings
+    from workers.storage import open_store
+
+    monkeypatch.setattr(read, "PARTIAL_WAIT_S", 1.0)
+    with use_settings(store=(tmp_path / "store").as_uri()):
+        store = open_store()
+        late = {"ref": "runs/w/parts/000000/caption-blip.json", "nonce": "n1"}
+        part = StagePartial(stage="caption:blip", results={"a": "a cat"})
+        threading.Timer(0.3, store.put_json, (late["ref"], part.dump())).start()
+        got = read.load_partial(late)
+        assert got is not None and got.results == {"a": "a cat"}
+        t0 = time.monotonic()
+        assert read.load_partial({"ref": "runs/w/parts/000000/vqa-blip-vqa.json",
+                                  "nonce": "n1"}) is None
+        assert 1.0 <= time.monotonic() - t0 < 5

@@ -16,7 +16,7 @@ from workers.app import app
 from workers.pipeline import reuse
 from workers.pipeline.compose import compose as pipeline_compose, timed_out
 from workers.pipeline.generate import generate as pipeline_generate
-from workers.pipeline.read import hand_on, load_chunk, load_partial, load_state
+from workers.pipeline.read import POOL, hand_on, load_chunk, load_partial, load_state
 from workers.pipeline.run import run_stage
 from workers.pipeline.write import finish
 from workers.records import Chunk, ChunkSummary, ResultRecord, StagePartial
@@ -85,7 +85,7 @@ def _header(task: StageTask, chunk: Chunk, stage: str, name: str) -> dict:
         out = StagePartial.failed(key, chunk.items, f"store_unavailable: {key}: {e}")
     out.attempts = task.attempt
     out.store_retries = store_retries() - r0
-    return hand_on(chunk, key, out)
+    return hand_on(chunk, key, out, background=True)
 
 
 def _cancelled(batch: str, chunk: int, n: int) -> dict:
@@ -104,10 +104,11 @@ def compose(self, partials: list[dict], msg: dict) -> dict:
     r0 = store_retries()
     lost = control.poisoned(self)
     chunk = load_chunk(msg)
-    parts = [load_partial(p) for p in partials or []]
-    if any(p.cancelled for p in parts) or control.is_cancelled(chunk.batch, fresh=True):
+    asked = POOL.submit(control.is_cancelled, chunk.batch, True)  # while the partials load
+    parts = [p for p in map(load_partial, partials or []) if p is not None]  # None: lost
+    if any(p.cancelled for p in parts) or asked.result():
         reuse.keep(chunk, parts)  # what the chunk's stages finished, for --resume
-        reuse.flush()
+        reuse.start()
         return _cancelled(chunk.batch, chunk.chunk, len(chunk.items))
     if lost:  # compose itself (a header stage it runs inline) kills its worker
         from workers.records import ComposeState
@@ -129,7 +130,7 @@ def compose(self, partials: list[dict], msg: dict) -> dict:
     if not chunk.spec.generator:
         return finish(state)
     out = hand_on(chunk, "compose", state)
-    reuse.flush()
+    reuse.start()
     return out
 
 

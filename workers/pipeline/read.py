@@ -11,7 +11,9 @@ kept too (bounded in bytes), so stages of the same chunk decode each image once.
 from __future__ import annotations
 
 import json
+import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +23,8 @@ from workers.records import Chunk, ComposeState, Item, Pointer, StagePartial
 from workers.settings import get_settings
 from workers.storage import (NotFoundError, OutsideStoreError, StoreError, TooLargeError,
                              TransientStoreError, open_store)
+
+log = logging.getLogger(__name__)
 
 
 class Lru:
@@ -121,6 +125,13 @@ def read_images(items: list[Item]) -> dict[str, object]:
 
 
 # --- chunks and what their stages hand on --------------------------------------------------
+def _put_partial(store, key: str, raw: bytes) -> None:
+    try:
+        store.put(key, raw, "application/json")
+    except Exception as e:  # compose runs the stage again when its partial never lands
+        log.warning("could not write %s: %s", key, e)
+
+
 def fetch(ref: str, nonce) -> object:
     key = (open_store().uri, ref, nonce)
     obj = OBJECTS.get(key, _MISS)
@@ -143,13 +154,29 @@ def load_chunk(msg: dict | Chunk) -> Chunk:
     return Chunk.model_validate({**ledger, "ref": p.ref, "nonce": p.nonce})
 
 
-def load_partial(msg: dict) -> StagePartial:
+PARTIAL_WAIT_S = 10.0  # how long compose waits for a partial still being written
+
+
+def load_partial(msg: dict) -> StagePartial | None:
     """A header task's output: the partial itself, or the stored partial it points to; the
-    pointer's ``attempts``/``store_retries`` count (they were added after it was written)."""
+    pointer's ``attempts``/``store_retries`` count (they were added after it was written).
+    A header task writes its partial in the background (``hand_on``): compose waits for it
+    a while, and None (the stage is run again, inline) when it never lands (its worker died
+    first)."""
     if "results" in msg or not msg.get("ref"):
         return StagePartial.model_validate(msg)
     p = Pointer.model_validate(msg)
-    part = StagePartial.model_validate(fetch(p.ref, p.nonce))
+    deadline, pause = time.monotonic() + PARTIAL_WAIT_S, 0.05
+    while True:
+        try:
+            raw = fetch(p.ref, p.nonce)
+            break
+        except NotFoundError:
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(pause)
+            pause = min(1.0, pause * 2)
+    part = StagePartial.model_validate(raw)
     return part.model_copy(update={k: getattr(p, k) for k in ("attempts", "store_retries")
                                    if getattr(p, k) is not None})
 
@@ -165,15 +192,28 @@ def load_state(msg: dict | ComposeState) -> ComposeState:
     return ComposeState.model_validate(fetch(p.ref, p.nonce))
 
 
-def hand_on(chunk: Chunk, name: str, obj: StagePartial | ComposeState) -> dict:
+_writing = threading.BoundedSemaphore(64)  # partials being written in the background
+
+
+def hand_on(chunk: Chunk, name: str, obj: StagePartial | ComposeState,
+            background: bool = False) -> dict:
     """What a task returns: ``obj`` itself, or (for a chunk sent by reference) a pointer to
-    ``obj`` written to the store under a deterministic key (a re-run overwrites it)."""
+    ``obj`` written to the store under a deterministic key (a re-run overwrites it). This
+    process keeps it in memory too, so a compose here never reads it back. ``background``
+    (header partials): the write goes on while the next task runs; compose elsewhere waits
+    for it (``load_partial``), and runs the stage again should it never land."""
     data = obj.dump()
     if not chunk.ref:
         return data
     key = f"runs/{chunk.batch}/parts/{chunk.chunk:06d}/{name.replace(':', '-')}.json"
     raw = json.dumps(data, ensure_ascii=False).encode()
-    open_store().put(key, raw, "application/json")
-    OBJECTS.put((open_store().uri, key, chunk.nonce), data, OBJECT_WEIGHT * len(raw))
+    store = open_store()
+    OBJECTS.put((store.uri, key, chunk.nonce), data, OBJECT_WEIGHT * len(raw))
+    if background:
+        _writing.acquire()  # bounded: at most 64 wait to be written
+        POOL.submit(_put_partial, store, key, raw).add_done_callback(
+            lambda _: _writing.release())
+    else:
+        store.put(key, raw, "application/json")
     return Pointer(ref=key, nonce=chunk.nonce, stage=getattr(obj, "stage", None)).model_dump(
         exclude_none=True)
