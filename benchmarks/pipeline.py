@@ -53,7 +53,7 @@ def main(quick: bool = False) -> dict:
     from tests.faultproxy import FaultProxy
     from tests.s3fixture import DUMMY_CREDENTIALS, moto_server
 
-    n = 64 if quick else 512
+    n = 128 if quick else 512
     tmp = Path(tempfile.mkdtemp(prefix="itx-bench-pipeline-"))
     times = tmp / "model-time"
     times.mkdir()

@@ -52,6 +52,9 @@ def run(inputs: Iterable[str] | str, spec: PipelineSpec | None = None, out: str 
             b = submit(inputs, spec, name=batch, chunk=chunk, coco=coco, images=images,
                        limit=limit, ids=ids, store=store, app=app, order=order, on_chunk=counted,
                        image_column=image_column, keep_columns=keep_columns)
+            from workers.pipeline import reuse
+
+            reuse.flush()  # the stage-reuse objects compose wrote in the background
             records = list(b.results(order))
             ops.auto_gc(b, {"complete": len(records) == len(order)})  # ITX_AUTO_GC
     finally:

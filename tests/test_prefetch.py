@@ -80,7 +80,8 @@ def test_read_ahead_and_one_reuse_object_per_image(model_dir):
             finish(compose(p1, c1))
             assert all(r for p in p0 + p1 for r in p.results.values())
 
-            # compose kept both stages of each image in one object
+            # compose kept both stages of each image in one object (written in the background)
+            reuse.flush()
             it = c0.items[0]
             obj = store.get_json(reuse.object_key(reuse.content_of(it)))
             assert obj["v"] == reuse.REUSE_VERSION

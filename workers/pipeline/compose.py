@@ -91,7 +91,7 @@ def compose(partials: list[StagePartial], chunk: Chunk, attempts: int = 1,
     from workers.pipeline import reuse
 
     partials = complete_partials(partials, chunk)
-    reuse.keep(chunk, partials)  # in the background; write.finish waits for it
+    reuse.keep(chunk, partials)  # in the background (reuse.flush waits for it)
     attempts = max([attempts] + [p.attempts or 1 for p in partials])
     retried = store_retries + sum(p.store_retries or 0 for p in partials)
     records = []

@@ -13,8 +13,8 @@ content key and is never reused. Errors are never kept (they may be transient).
 
 Store requests: a chunk's header tasks read their items' objects once per process (one GET
 per item, shared by every stage of the chunk and read ahead with it, ``prefetch.py``);
-compose adds every stage's fresh outputs and writes each changed object once, beside the
-records. Two batches that write the same image's object at the same time may each drop the
+compose adds every stage's fresh outputs and writes each changed object once, in the
+background. Two batches that write the same image's object at the same time may each drop the
 other's new entries (the last write wins): that costs a recomputation later, never a wrong
 output. ``PipelineSpec.reuse=False`` (``--no-reuse``) skips the lookups; fresh outputs are
 still kept.
@@ -40,8 +40,10 @@ _CONTENT = re.compile(r"(?:^|/)inputs/([0-9a-f]{32,64})\.[A-Za-z0-9]{1,8}$")
 # that submission ({}: none); compose merges into them, so an object the chunk's stages read
 # is not read again
 FOUND = Lru(4096)
-_pending: set = set()  # writes queued by keep() and not yet done
+_queued: list = []  # writes keep() prepared, not started yet
+_pending: set = set()  # writes started and not yet done
 _lock = threading.Lock()
+BACKLOG = 256  # at most this many writes wait; keep() waits for room beyond it
 
 
 def content_of(item: Item) -> str | None:
@@ -103,8 +105,10 @@ def lookup(keys: dict[str, tuple[str, str]], nonce: str | None) -> dict[str, dic
 
 def keep(chunk: Chunk, partials: list[StagePartial]) -> None:
     """Add the partials' fresh outputs (not errors, not reused) to their images' reuse
-    objects and write each changed object once, in the background (``flush`` waits for
-    them; best effort: a failed write costs only reuse)."""
+    objects, and queue one write per changed object. ``start`` sends them to the background
+    (compose calls it once its records are written, so they never wait behind these), and
+    the task goes on: the writes may end after it (``flush`` waits for them; a worker process
+    that stops and an embedded run call it). Best effort: a failed write costs only reuse."""
     from workers.pipeline.run import reuse_keys
 
     new: dict[str, dict] = {}
@@ -119,32 +123,41 @@ def keep(chunk: Chunk, partials: list[StagePartial]) -> None:
                 c, e = keys[i]
                 new.setdefault(c, {})[e] = {"stage": p.stage, "result": p.results[i],
                                             "ms": p.ms.get(i)}
-    if not new:
-        return
-    store, uri = open_store(), open_store().uri
-    old = read(new, chunk.nonce)
+    while len(_pending) + len(_queued) > BACKLOG:  # bounded: wait for the oldest writes
+        flush(timeout=60)
+    store, nonce = open_store(), chunk.nonce
 
     def put(c: str) -> None:
-        entries = {**old[c], **new[c]}
         try:
+            entries = {**read([c], nonce)[c], **new[c]}  # from memory when read here
             store.put_json(object_key(c), {"v": REUSE_VERSION, "entries": entries})
-            FOUND.put((uri, c, chunk.nonce), entries)
+            FOUND.put((store.uri, c, nonce), entries)
         except Exception as e:
             log.warning("could not keep the outputs of %s for reuse: %s", c, e)
 
+    with _lock:
+        _queued.extend((put, c) for c in new)
+
+
+def start() -> None:
+    """Send the queued reuse writes to the background."""
     def done(f):
         with _lock:
             _pending.discard(f)
 
-    for c in new:
-        f = POOL.submit(put, c)
+    with _lock:
+        jobs = _queued[:]
+        _queued.clear()
+    for fn, c in jobs:
+        f = POOL.submit(fn, c)
         with _lock:
             _pending.add(f)
         f.add_done_callback(done)
 
 
 def flush(timeout: float | None = 120) -> None:
-    """Wait for the reuse writes queued so far."""
+    """Start the queued reuse writes and wait for every one so far."""
+    start()
     with _lock:
         todo = list(_pending)
     wait(todo, timeout)

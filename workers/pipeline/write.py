@@ -41,8 +41,7 @@ def record_key(batch: str, item_id: str) -> str:
 
 
 def finish(state: ComposeState) -> dict:
-    """Write every record; return the chunk's small summary (it goes through Redis). The
-    stage-reuse objects compose queued are written beside them (done when this returns)."""
+    """Write every record; return the chunk's small summary (it goes through Redis)."""
     from workers.pipeline import reuse
 
     store, now = open_store(), time.time()
@@ -52,7 +51,7 @@ def finish(state: ComposeState) -> dict:
         store.put_json(record_key(state.batch, rec.id), rec.dump())
 
     list(POOL.map(put, state.records))
-    reuse.flush()
+    reuse.start()  # compose's reuse writes, now that the records are in
     failed = sum(1 for r in state.records if r.error)
     return ChunkSummary(batch=state.batch, chunk=state.chunk, done=len(state.records) - failed,
                         failed=failed, ids=[r.id for r in state.records]).dump()
