@@ -24,7 +24,8 @@ from workers.settings import Settings
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 K8S = REPO / "k8s"
-OVERLAYS = ("dev", "gpu")
+# gpu-ocr: the gpu overlay with components/ocr-pool added, as an operator adds it (k8s_tree)
+OVERLAYS = ("dev", "gpu", "gpu-ocr")
 K8S_VERSION = "1.30"  # oldest Kubernetes the manifests target
 
 # The one set of worker command lines: Dockerfile, compose, Kubernetes and the process tests.
@@ -33,9 +34,12 @@ WORKER_COMMANDS = {
        f"--loglevel INFO"
     for q in ("light", "heavy")
 }
+WORKER_COMMANDS["ocr"] = ("celery -A workers worker -Q ocr --concurrency 4 --without-gossip "
+                          "--without-mingle --loglevel INFO")
 FLOWER_COMMAND = "celery -A workers flower --port=5555"
 HEARTBEAT_FILE = "/tmp/itx-heartbeat"
-TIME_LIMIT_SETTING = {"light": "ITX_LIGHT_TIME_LIMIT", "heavy": "ITX_HEAVY_TIME_LIMIT"}
+TIME_LIMIT_SETTING = {"light": "ITX_LIGHT_TIME_LIMIT", "heavy": "ITX_HEAVY_TIME_LIMIT",
+                      "ocr": "ITX_LIGHT_TIME_LIMIT"}
 
 SETTINGS_ENV = {f"ITX_{name.upper()}" for name in Settings.model_fields}
 # variables of the libraries itx runs on, which itx containers may set too
@@ -43,6 +47,7 @@ LIBRARY_ENV = {
     "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",  # boto3
     "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "HF_TOKEN",                  # the hub client
     "NVIDIA_VISIBLE_DEVICES",                     # the NVIDIA runtime (void: no GPU for init)
+    "OMP_NUM_THREADS",                            # torch / onnxruntime threads (the OCR pool)
 }
 
 
@@ -113,6 +118,13 @@ def k8s_tree() -> Path:
     shutil.copytree(K8S, root, ignore=shutil.ignore_patterns("secret.env", "redis-ca.pem"))
     for example in (root / "overlays" / "gpu").glob("*.example"):
         example.with_suffix("").write_text(filled(example.read_text()))
+    ocr = root / "overlays" / "gpu-ocr"
+    shutil.copytree(root / "overlays" / "gpu", ocr)
+    k = ocr / "kustomization.yaml"
+    text = k.read_text()
+    assert "  - ../../components/autoscaling\n" in text
+    k.write_text(text.replace("  - ../../components/autoscaling\n",
+                              "  - ../../components/autoscaling\n  - ../../components/ocr-pool\n"))
     return root
 
 
@@ -207,7 +219,8 @@ def test_every_env_var_is_a_setting_and_every_reference_resolves(overlay):
     (secret_name,) = objects(overlay, "Secret")
     keys = secret_keys(overlay)
     itx = {n for n in objects(overlay, "Deployment") if n.startswith("itx-")}
-    assert itx == {"itx-light", "itx-heavy", "itx-flower"}
+    assert itx == {"itx-light", "itx-heavy", "itx-flower"} | (
+        {"itx-ocr"} if overlay == "gpu-ocr" else set())
     check_env_names(config_map(overlay), f"{overlay} ConfigMap")
     for kind in ("Deployment", "Job"):
         for obj in objects(overlay, kind).values():
@@ -267,6 +280,8 @@ def test_worker_and_flower_commands_are_the_contract_lines(overlay):
 def test_grace_periods_outlast_the_task_time_limits(overlay):
     deploys = objects(overlay, "Deployment")
     for q, setting in TIME_LIMIT_SETTING.items():
+        if f"itx-{q}" not in deploys:
+            continue  # the ocr pool is an optional component
         env = container_env(overlay, worker_container(deploys[f"itx-{q}"]))
         assert setting in env, f"{overlay}: set {setting} explicitly for the {q} pool"
         limit = int(env[setting])
@@ -299,6 +314,35 @@ def test_keda_scales_each_queue_on_its_own_list():
         seen.add(queue)
     assert seen == queues
     assert not objects("dev", "ScaledObject"), "dev runs without KEDA"
+
+
+def test_the_ocr_pool_component_routes_ocr_to_cpu_workers_scaled_on_its_queue():
+    """components/ocr-pool: ITX_ROUTES=ocr=ocr for every pod, CPU workers on `-Q ocr`, a
+    ScaledObject on the `ocr` list, its disruption budget and the workers' network policy."""
+    from workers.app import queues
+    from workers.settings import Settings
+
+    cm = config_map("gpu-ocr")
+    assert cm["ITX_ROUTES"] == "ocr=ocr" and "ITX_ROUTES" not in config_map("gpu")
+    routed = queues(Settings(routes=cm["ITX_ROUTES"]))
+    deploys = objects("gpu-ocr", "Deployment")
+    ocr = deploys["itx-ocr"]
+    assert shlex.join(worker_container(ocr)["command"]) == WORKER_COMMANDS["ocr"]
+    assert "nvidia.com/gpu" not in json.dumps(ocr)
+    for d in deploys.values():  # every pod reads the same config, routes included
+        for c in pod_containers(d):
+            for src in c.get("envFrom", []):
+                if "configMapRef" in src:
+                    assert src["configMapRef"]["name"].startswith("itx-config-")
+    scaled = {so["spec"]["triggers"][0]["metadata"]["listName"]:
+              so["spec"]["scaleTargetRef"]["name"] for so in objects("gpu-ocr", "ScaledObject").values()}
+    assert set(scaled) == set(routed) == {"light", "heavy", "ocr"}
+    assert scaled["ocr"] == "itx-ocr"
+    (policy,) = [p for p in objects("gpu-ocr", "NetworkPolicy").values()
+                 if p["metadata"]["name"] == "itx-workers"]
+    assert "ocr" in policy["spec"]["podSelector"]["matchExpressions"][0]["values"]
+    mounts = {m["mountPath"] for m in worker_container(ocr)["volumeMounts"]}
+    assert "/etc/itx/redis-ca" in mounts  # TLS to Redis, as the other workers
 
 
 def test_gpus_only_in_the_gpu_overlay():
