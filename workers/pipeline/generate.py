@@ -74,9 +74,14 @@ def _run(state: ComposeState, decl: table.Decl, todo: list[ResultRecord], source
     try:
         _, per = run_sliced(backend, decl.key, [prompts, sources, seeds], kwargs, state.batch,
                             on_part=stored)
-    except BaseException:
-        for f in uploads:  # cancelled, or out of time: the started uploads end first
+    except BaseException:  # cancelled, or out of time: items whose images are stored
+        for f in uploads:      # keep them (finished), the others get none
             f.exception()
+        for r, _ in made:
+            if None in r.outputs:
+                r.outputs = []
+            else:
+                r.timings_ms[decl.key] = None
         raise
     for r, _ in made:
         r.timings_ms[decl.key] = round(per, 1)
