@@ -165,7 +165,11 @@ def generate(self, msg: dict) -> dict:
 
 @worker_process_shutdown.connect
 def _flush(**_):
-    """A pool process that stops writes the stage-reuse objects it still has queued."""
+    """A pool process that stops first writes the partials and stage-reuse objects it still
+    has queued."""
+    from workers.pipeline.read import flush_writes
+
+    flush_writes(timeout=30)
     reuse.flush(timeout=30)
 
 

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from workers.images import ItemError, decode_image
 from workers.records import Chunk, ComposeState, Item, Pointer, StagePartial
@@ -193,6 +193,21 @@ def load_state(msg: dict | ComposeState) -> ComposeState:
 
 
 _writing = threading.BoundedSemaphore(64)  # partials being written in the background
+_written: set = set()  # their futures, until done
+_written_lock = threading.Lock()
+
+
+def flush_writes(timeout: float | None = 60) -> None:
+    """Wait for the partials still being written (a worker process that stops calls it)."""
+    with _written_lock:
+        todo = list(_written)
+    wait(todo, timeout)
+
+
+def _done_writing(f) -> None:
+    with _written_lock:
+        _written.discard(f)
+    _writing.release()
 
 
 def hand_on(chunk: Chunk, name: str, obj: StagePartial | ComposeState,
@@ -211,8 +226,10 @@ def hand_on(chunk: Chunk, name: str, obj: StagePartial | ComposeState,
     OBJECTS.put((store.uri, key, chunk.nonce), data, OBJECT_WEIGHT * len(raw))
     if background:
         _writing.acquire()  # bounded: at most 64 wait to be written
-        POOL.submit(_put_partial, store, key, raw).add_done_callback(
-            lambda _: _writing.release())
+        f = POOL.submit(_put_partial, store, key, raw)
+        with _written_lock:
+            _written.add(f)
+        f.add_done_callback(_done_writing)
     else:
         store.put(key, raw, "application/json")
     return Pointer(ref=key, nonce=chunk.nonce, stage=getattr(obj, "stage", None)).model_dump(
