@@ -97,7 +97,7 @@ def stage_item(item: InputItem, store, spec_fp: str, done: set | None = None) ->
             uri, _ = store.put_content(data, p.suffix or ".bin")
             content = uri.rsplit("/", 1)[-1]
         else:
-            scheme = urlparse(item.uri).scheme
+            scheme = "s3" if item.uri.startswith("s3://") else urlparse(item.uri).scheme
             if scheme == "s3":
                 try:
                     store.key_of(item.uri)
