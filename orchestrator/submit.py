@@ -316,11 +316,32 @@ def _batched_publishes(app):
             return acquire(p)
 
         app.producer_or_acquire = producer_or_acquire
+        producer.maybe_declare = _cached_declare(producer)
         try:
             with batch():
                 yield
         finally:
             del app.producer_or_acquire  # the class's method again
+            del producer.maybe_declare
+
+
+def _cached_declare(producer):
+    """``producer.maybe_declare`` that looks in kombu's cache of declared entities before
+    anything else. Celery passes the task's queue in ``declare=`` with every message, and
+    kombu binds a copy of the queue to the channel (and, with retries, wraps the call in
+    ``Connection.ensure``) before it finds the queue declared already: once per message,
+    for the same few queues. The answer is the same; the first message to a queue declares
+    it as before."""
+    declare = producer.maybe_declare
+
+    def maybe_declare(entity, retry=False, **retry_policy):
+        conn = getattr(producer.channel, "connection", None)
+        if entity and conn is not None and entity.can_cache_declaration \
+                and hash(entity) in conn.client.declared_entities:
+            return False  # what kombu's _maybe_declare returns for a cached declaration
+        return declare(entity, retry, **retry_policy)
+
+    return maybe_declare
 
 
 class _Sender:
