@@ -318,7 +318,9 @@ def _batched_publishes(app):
         app.producer_or_acquire = producer_or_acquire
         producer.maybe_declare = _cached_declare(producer)
         try:
-            with batch():
+            # no flush before the block ends (kombu flushes every 1,000 operations by
+            # default): the caller sets the chords up before any of their tasks is sent
+            with batch(max_size=1 << 30):
                 yield
         finally:
             del app.producer_or_acquire  # the class's method again
@@ -342,6 +344,53 @@ def _cached_declare(producer):
         return declare(entity, retry, **retry_policy)
 
     return maybe_declare
+
+
+@contextmanager
+def _pipelined_chord_setup(backend):
+    """Set the chords up in one round trip to the result backend instead of two per chord.
+
+    Celery's Redis result backend sets a chord up while its header is sent
+    (``set_chord_size``: DEL of the counter ``<group>.c``, then SET of the size
+    ``<group>.s``, each a round trip with the backend's retries). Inside the block those
+    calls are only recorded; the caller calls the function this yields before any task of
+    those chords reaches the broker (``_batched_publishes`` sends them when its block ends),
+    and it sends the same commands, in order, in one pipeline under the same retry policy.
+    Backends other than Celery's Redis one (or one that changes ``set_chord_size``) are
+    left as they are."""
+    try:
+        from celery.backends.redis import RedisBackend
+    except ImportError:  # pragma: no cover
+        RedisBackend = None
+    if RedisBackend is None or not isinstance(backend, RedisBackend) or \
+            type(backend).set_chord_size is not RedisBackend.set_chord_size:
+        yield lambda: None
+        return
+    pending: list[tuple[str, int]] = []
+
+    def set_chord_size(group_id, chord_size):
+        pending.append((group_id, chord_size))
+
+    def send():
+        if not pending:
+            return
+        ex = backend.chord_expires or None
+
+        def run():
+            with backend.client.pipeline(transaction=False) as pipe:
+                for group_id, size in pending:
+                    pipe.delete(backend.get_key_for_group(group_id, ".c"))
+                    pipe.set(backend.get_key_for_group(group_id, ".s"), size, ex=ex)
+                pipe.execute()
+
+        backend.ensure(run, ())
+        pending.clear()
+
+    backend.set_chord_size = set_chord_size
+    try:
+        yield send
+    finally:
+        del backend.set_chord_size  # the class's method again
 
 
 class _Sender:
@@ -400,8 +449,9 @@ class _Sender:
         for written, _ in jobs:
             written.result()  # a worker reads the ledger: it must be there first
         try:
-            with _batched_publishes(app):
+            with _batched_publishes(app), _pipelined_chord_setup(app.backend) as set_up:
                 sent = [(self.canvas(chunk).apply_async(), chunk) for _, chunk in jobs]
+                set_up()  # the chords first: their tasks go when the batch block ends
         except Exception:
             # the pipeline failed: which messages Redis got is uncertain. Send every chunk
             # again, one publish at a time with Celery's publish retries. At least once: a
