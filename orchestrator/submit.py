@@ -280,16 +280,23 @@ def _no_result_subscriptions(backend):
     sends, so that a ``.get()`` can wake on it, and ``_drop_subscriptions`` unsubscribes
     again: two commands per task. Submission never waits that way (``poll`` reads states),
     so while enqueueing it does not subscribe at all. ``.ready()``/``.state`` are plain reads
-    and unaffected; ``.get()`` on a result sent inside this block would wait for nothing."""
+    and unaffected; ``.get()`` on a result sent inside this block would wait for nothing.
+
+    Nor does it register the results as pending (``add_pending_result``, which a group
+    calls for each header task to fulfil its barrier): without a subscription nothing
+    would ever resolve them, and ``_drop_subscriptions`` removed them again right after."""
     consumer = getattr(backend, "result_consumer", None)
-    if consumer is None or not callable(getattr(consumer, "consume_from", None)):
+    if consumer is None or not callable(getattr(consumer, "consume_from", None)) \
+            or not callable(getattr(backend, "add_pending_result", None)):
         yield
         return
     consumer.consume_from = lambda *args, **kwargs: None
+    backend.add_pending_result = lambda result, *args, **kwargs: result
     try:
         yield
     finally:
-        del consumer.consume_from  # the class's method again
+        del consumer.consume_from  # the class's methods again
+        del backend.add_pending_result
 
 
 @contextmanager
