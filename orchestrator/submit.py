@@ -249,8 +249,8 @@ def _drop_subscriptions(backend) -> None:
     for mapping in pending:
         for task_id in list(mapping):
             for r in list((mapping.get(task_id) or {}).values()):
-                try:
-                    backend.remove_pending_result(r)
+                try:  # the class's method, also inside _no_result_subscriptions
+                    type(backend).remove_pending_result(backend, r)
                 except Exception:
                     pass
 
@@ -284,7 +284,9 @@ def _no_result_subscriptions(backend):
 
     Nor does it register the results as pending (``add_pending_result``, which a group
     calls for each header task to fulfil its barrier): without a subscription nothing
-    would ever resolve them, and ``_drop_subscriptions`` removed them again right after."""
+    would ever resolve them, and ``_drop_subscriptions`` removed them again right after;
+    ``remove_pending_result`` (every result object calls it when it is collected) has
+    nothing to do in the block either."""
     consumer = getattr(backend, "result_consumer", None)
     if consumer is None or not callable(getattr(consumer, "consume_from", None)) \
             or not callable(getattr(backend, "add_pending_result", None)):
@@ -292,11 +294,13 @@ def _no_result_subscriptions(backend):
         return
     consumer.consume_from = lambda *args, **kwargs: None
     backend.add_pending_result = lambda result, *args, **kwargs: result
+    # and each result object dropped in the block (AsyncResult.__del__) has nothing to remove
+    backend.remove_pending_result = lambda result: result
     try:
         yield
     finally:
         del consumer.consume_from  # the class's methods again
-        del backend.add_pending_result
+        del backend.add_pending_result, backend.remove_pending_result
 
 
 @contextmanager
