@@ -419,7 +419,12 @@ class _Sender:
     """
 
     def __init__(self, batch: Batch, canvas, threads: int = 4, depth: int = 16):
+        from orchestrator.workflow import chunk_canvas, send_chunk
+
         self.batch, self.canvas, self.depth = batch, canvas, depth
+        # the chunk canvas's own messages without building and copying the canvas
+        self.send_one = send_chunk if canvas is chunk_canvas else \
+            (lambda chunk: canvas(chunk).apply_async())
         self.puts = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="itx-ledger")
         self.q: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
@@ -461,7 +466,7 @@ class _Sender:
             written.result()  # a worker reads the ledger: it must be there first
         try:
             with _batched_publishes(app), _pipelined_chord_setup(app.backend) as set_up:
-                sent = [(self.canvas(chunk).apply_async(), chunk) for _, chunk in jobs]
+                sent = [(self.send_one(chunk), chunk) for _, chunk in jobs]
                 set_up()  # the chords first: their tasks go when the batch block ends
         except Exception:
             # the pipeline failed: which messages Redis got is uncertain. Send every chunk
