@@ -415,7 +415,9 @@ class _Sender:
     The enqueue thread takes every chunk that is waiting (up to ``depth``) at once and
     publishes their tasks in one Redis pipeline (``_batched_publishes``), without result
     subscriptions (``_no_result_subscriptions``): per chunk 5 LPUSH round trips and 10
-    (un)subscribe commands fewer.
+    (un)subscribe commands fewer. Their chords are set up in one more pipeline, before the
+    tasks go (``_pipelined_chord_setup``), and a ``chunk_canvas`` chunk is sent by
+    ``send_chunk``: the canvas's messages without building and copying the canvas.
     """
 
     def __init__(self, batch: Batch, canvas, threads: int = 4, depth: int = 16):
