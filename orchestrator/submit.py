@@ -97,7 +97,7 @@ def stage_item(item: InputItem, store, spec_fp: str, done: set | None = None) ->
             uri, _ = store.put_content(data, p.suffix or ".bin")
             content = uri.rsplit("/", 1)[-1]
         else:
-            scheme = urlparse(item.uri).scheme
+            scheme = "s3" if item.uri.startswith("s3://") else urlparse(item.uri).scheme
             if scheme == "s3":
                 try:
                     store.key_of(item.uri)
@@ -249,8 +249,8 @@ def _drop_subscriptions(backend) -> None:
     for mapping in pending:
         for task_id in list(mapping):
             for r in list((mapping.get(task_id) or {}).values()):
-                try:
-                    backend.remove_pending_result(r)
+                try:  # the class's method, also inside _no_result_subscriptions
+                    type(backend).remove_pending_result(backend, r)
                 except Exception:
                     pass
 
@@ -280,16 +280,27 @@ def _no_result_subscriptions(backend):
     sends, so that a ``.get()`` can wake on it, and ``_drop_subscriptions`` unsubscribes
     again: two commands per task. Submission never waits that way (``poll`` reads states),
     so while enqueueing it does not subscribe at all. ``.ready()``/``.state`` are plain reads
-    and unaffected; ``.get()`` on a result sent inside this block would wait for nothing."""
+    and unaffected; ``.get()`` on a result sent inside this block would wait for nothing.
+
+    Nor does it register the results as pending (``add_pending_result``, which a group
+    calls for each header task to fulfil its barrier): without a subscription nothing
+    would ever resolve them, and ``_drop_subscriptions`` removed them again right after;
+    ``remove_pending_result`` (every result object calls it when it is collected) has
+    nothing to do in the block either."""
     consumer = getattr(backend, "result_consumer", None)
-    if consumer is None or not callable(getattr(consumer, "consume_from", None)):
+    if consumer is None or not callable(getattr(consumer, "consume_from", None)) \
+            or not callable(getattr(backend, "add_pending_result", None)):
         yield
         return
     consumer.consume_from = lambda *args, **kwargs: None
+    backend.add_pending_result = lambda result, *args, **kwargs: result
+    # and each result object dropped in the block (AsyncResult.__del__) has nothing to remove
+    backend.remove_pending_result = lambda result: result
     try:
         yield
     finally:
-        del consumer.consume_from  # the class's method again
+        del consumer.consume_from  # the class's methods again
+        del backend.add_pending_result, backend.remove_pending_result
 
 
 @contextmanager
@@ -316,11 +327,81 @@ def _batched_publishes(app):
             return acquire(p)
 
         app.producer_or_acquire = producer_or_acquire
+        producer.maybe_declare = _cached_declare(producer)
         try:
-            with batch():
+            # no flush before the block ends (kombu flushes every 1,000 operations by
+            # default): the caller sets the chords up before any of their tasks is sent
+            with batch(max_size=1 << 30):
                 yield
         finally:
             del app.producer_or_acquire  # the class's method again
+            del producer.maybe_declare
+
+
+def _cached_declare(producer):
+    """``producer.maybe_declare`` that looks in kombu's cache of declared entities before
+    anything else. Celery passes the task's queue in ``declare=`` with every message, and
+    kombu binds a copy of the queue to the channel (and, with retries, wraps the call in
+    ``Connection.ensure``) before it finds the queue declared already: once per message,
+    for the same few queues. The answer is the same; the first message to a queue declares
+    it as before."""
+    declare = producer.maybe_declare
+
+    def maybe_declare(entity, retry=False, **retry_policy):
+        conn = getattr(producer.channel, "connection", None)
+        if entity and conn is not None and entity.can_cache_declaration \
+                and hash(entity) in conn.client.declared_entities:
+            return False  # what kombu's _maybe_declare returns for a cached declaration
+        return declare(entity, retry, **retry_policy)
+
+    return maybe_declare
+
+
+@contextmanager
+def _pipelined_chord_setup(backend):
+    """Set the chords up in one round trip to the result backend instead of two per chord.
+
+    Celery's Redis result backend sets a chord up while its header is sent
+    (``set_chord_size``: DEL of the counter ``<group>.c``, then SET of the size
+    ``<group>.s``, each a round trip with the backend's retries). Inside the block those
+    calls are only recorded; the caller calls the function this yields before any task of
+    those chords reaches the broker (``_batched_publishes`` sends them when its block ends),
+    and it sends the same commands, in order, in one pipeline under the same retry policy.
+    Backends other than Celery's Redis one (or one that changes ``set_chord_size``) are
+    left as they are."""
+    try:
+        from celery.backends.redis import RedisBackend
+    except ImportError:  # pragma: no cover
+        RedisBackend = None
+    if RedisBackend is None or not isinstance(backend, RedisBackend) or \
+            type(backend).set_chord_size is not RedisBackend.set_chord_size:
+        yield lambda: None
+        return
+    pending: list[tuple[str, int]] = []
+
+    def set_chord_size(group_id, chord_size):
+        pending.append((group_id, chord_size))
+
+    def send():
+        if not pending:
+            return
+        ex = backend.chord_expires or None
+
+        def run():
+            with backend.client.pipeline(transaction=False) as pipe:
+                for group_id, size in pending:
+                    pipe.delete(backend.get_key_for_group(group_id, ".c"))
+                    pipe.set(backend.get_key_for_group(group_id, ".s"), size, ex=ex)
+                pipe.execute()
+
+        backend.ensure(run, ())
+        pending.clear()
+
+    backend.set_chord_size = set_chord_size
+    try:
+        yield send
+    finally:
+        del backend.set_chord_size  # the class's method again
 
 
 class _Sender:
@@ -334,11 +415,18 @@ class _Sender:
     The enqueue thread takes every chunk that is waiting (up to ``depth``) at once and
     publishes their tasks in one Redis pipeline (``_batched_publishes``), without result
     subscriptions (``_no_result_subscriptions``): per chunk 5 LPUSH round trips and 10
-    (un)subscribe commands fewer.
+    (un)subscribe commands fewer. Their chords are set up in one more pipeline, before the
+    tasks go (``_pipelined_chord_setup``), and a ``chunk_canvas`` chunk is sent by
+    ``send_chunk``: the canvas's messages without building and copying the canvas.
     """
 
     def __init__(self, batch: Batch, canvas, threads: int = 4, depth: int = 16):
+        from orchestrator.workflow import chunk_canvas, send_chunk
+
         self.batch, self.canvas, self.depth = batch, canvas, depth
+        # the chunk canvas's own messages without building and copying the canvas
+        self.send_one = send_chunk if canvas is chunk_canvas else \
+            (lambda chunk: canvas(chunk).apply_async())
         self.puts = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="itx-ledger")
         self.q: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
@@ -379,8 +467,9 @@ class _Sender:
         for written, _ in jobs:
             written.result()  # a worker reads the ledger: it must be there first
         try:
-            with _batched_publishes(app):
-                sent = [(self.canvas(chunk).apply_async(), chunk) for _, chunk in jobs]
+            with _batched_publishes(app), _pipelined_chord_setup(app.backend) as set_up:
+                sent = [(self.send_one(chunk), chunk) for _, chunk in jobs]
+                set_up()  # the chords first: their tasks go when the batch block ends
         except Exception:
             # the pipeline failed: which messages Redis got is uncertain. Send every chunk
             # again, one publish at a time with Celery's publish retries. At least once: a

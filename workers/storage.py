@@ -16,9 +16,10 @@ import io
 import json
 import mimetypes
 import os
+import re
 import threading
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 
@@ -67,10 +68,14 @@ def content_key(data: bytes, ext: str, prefix: str = "inputs") -> str:
 
 def _clean_key(key: str) -> str:
     key = key.lstrip("/")
-    parts = PurePosixPath(key).parts
-    if any(p in ("..",) for p in parts) or "\x00" in key:
+    # a ".." segment, as PurePosixPath(key).parts would show it (empty and "." segments drop)
+    if ".." in key.split("/") or "\x00" in key:
         raise OutsideStoreError(f"key {key!r} escapes the store")
     return key
+
+
+# what urlparse would treat specially in a URI (query, fragment; tab and newlines it removes)
+_URL_SPECIAL = re.compile(r"[?#\t\r\n]")
 
 
 class Store:
@@ -294,6 +299,7 @@ class S3Store(Store):
             raise ValueError(f"{uri!r}: an s3 store needs a bucket, e.g. s3://bucket/prefix")
         self.prefix = u.path.strip("/")
         self.uri = f"s3://{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
+        self._own = self.uri + "/"  # a URI of this store starts with it
         self._client = client
         self._lock = threading.Lock()
 
@@ -309,6 +315,10 @@ class S3Store(Store):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def key_of(self, uri_or_key):
+        if type(uri_or_key) is str and uri_or_key.startswith(self._own) \
+                and not _URL_SPECIAL.search(uri_or_key):
+            # the common case, without urlparse: what the general path below gives for it
+            return _clean_key(uri_or_key[len(self._own):])
         u = urlparse(uri_or_key)
         if u.scheme == "s3":
             if u.netloc != self.bucket:
