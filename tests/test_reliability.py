@@ -247,18 +247,23 @@ def test_unreachable_s3_and_a_missing_bucket_are_one_line_exit_2(rl, tmp_path):
 def test_wait_rides_out_a_redis_restart_and_the_batch_completes(rl, tmp_path):
     redis = RedisServer(appendonly=True).start()
     store = tmp_path / "store"
+    # a captioner of 0.1 s per chunk: the batch lasts seconds, so Redis dies mid-batch
     env = {**env_for(rl, 0, store, ITX_VISIBILITY_TIMEOUT="10", ITX_WAIT_STALL_S="45"),
-           "ITX_BROKER_URL": f"{redis.url}/0", "ITX_RESULT_BACKEND": f"{redis.url}/1"}
+           "ITX_BROKER_URL": f"{redis.url}/0", "ITX_RESULT_BACKEND": f"{redis.url}/1",
+           "ITX_PLUGINS": "tests.ops_plugins", "ITX_TEST_SLOW_S": "0.1",
+           "ITX_TEST_CALLS": str(tmp_path / "calls")}
     d = images(tmp_path / "in", 80)
     w = Worker("light", env, "light-restart").wait_ready()
     p = None
     try:
         p = subprocess.Popen([str(BIN / "itx"), "submit", str(d), "--batch", "rs", "--wait",
-                              "--chunk", "2", "--profile", "tiny-random", "--captioners", "blip",
+                              "--chunk", "2", "--profile", "tiny-random", "--captioners", "slow",
                               "--ocr", "none", "--generator", "none"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              cwd=REPO, env=worker_env(env))
-        wait_for(lambda: len(records(store, "rs")) >= 1, 120, "the first records")
+        calls = tmp_path / "calls"  # a line per captioner call: Redis dies at the 5th chunk
+        wait_for(lambda: calls.exists() and len(calls.read_text().splitlines()) >= 5, 120,
+                 "the first chunks")
         redis.kill()
         at = len(records(store, "rs"))
         time.sleep(4)
