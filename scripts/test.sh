@@ -3,4 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export ITX_MODEL_DIR="${ITX_MODEL_DIR:-$PWD/.itx-models}"
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# -q unless the caller sets the verbosity: a second -q (-qq) makes pytest drop its
+# "N passed in …" summary line, so `bash scripts/test.sh -q` must not add one of its own.
+quiet=(-q)
+for a in "$@"; do
+  case "$a" in
+    -q|-qq|-qqq|--quiet|-v|-vv|-vvv|--verbose|--verbosity|--verbosity=*) quiet=() ;;
+  esac
+done
+exec .venv/bin/python -m pytest "${quiet[@]}" -p no:cacheprovider "$@"
