@@ -66,6 +66,10 @@ def itx_runs(argvs: list[list[str]], env: dict | None = None, timeout: float = 1
         codes_file = Path(tmp) / "codes.json"
         e = {**os.environ, **(env or {})}
         e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+        # one torch thread, as the cluster tests' workers (tests/cluster.py): the suite runs
+        # on two pytest workers over 2 cores, so more threads per process only contend
+        e.setdefault("OMP_NUM_THREADS", "1")
+        e.setdefault("MKL_NUM_THREADS", "1")
         p = subprocess.run([sys.executable, "-c", _DRIVER, str(codes_file), json.dumps(argvs)],
                            capture_output=True, text=True, timeout=timeout, check=False,
                            cwd=cwd or REPO, env=e)
