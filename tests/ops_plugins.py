@@ -1,7 +1,9 @@
 """Plugin backends for the operations tests (loaded by ``ITX_PLUGINS=tests.ops_plugins``).
 
-    caption:slow     sleeps ITX_TEST_SLOW_S per mini-batch of 4 and logs each call (time, n)
-                     to ITX_TEST_CALLS: long batches for cancel, a call count for reuse
+    caption:slow     sleeps ITX_TEST_SLOW_S per mini-batch of 4 (or the seconds written in the
+                     file ITX_TEST_SLOW_FILE, while it exists: a test changes the pace of a
+                     running worker) and logs each call (time, n) to ITX_TEST_CALLS: long
+                     batches for cancel, a call count for reuse
     caption:poison   kills its pool process (os._exit) on a 13x13 image while the file
                      ITX_TEST_POISON exists: a poison chunk
 """
@@ -15,6 +17,16 @@ from workers.stages import table
 from workers.stages.base import Backend
 
 
+def _slow_s() -> float:
+    f = os.environ.get("ITX_TEST_SLOW_FILE")
+    if f:
+        try:
+            return float(Path(f).read_text())
+        except (OSError, ValueError):
+            pass
+    return float(os.environ.get("ITX_TEST_SLOW_S", "0.3"))
+
+
 class Slow(Backend):
     def load(self, ref, device, dtype):
         self.device = device
@@ -24,7 +36,7 @@ class Slow(Backend):
         if log:
             with open(log, "a") as f:
                 f.write(f"{time.time()} {len(images)}\n")
-        time.sleep(float(os.environ.get("ITX_TEST_SLOW_S", "0.3")))
+        time.sleep(_slow_s())
         return [f"an image of {im.size[0]}x{im.size[1]} pixels" for im in images]
 
 

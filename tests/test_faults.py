@@ -296,14 +296,18 @@ def test_a_task_over_its_time_limit_gives_error_records_and_the_worker_goes_on(f
     """generate overruns its soft limit (ITX_HEAVY_TIME_LIMIT less 5 s): the chunk's unfinished
     items get `timeout` error records (a mini-batch that finished before keeps its stored
     images); the same heavy worker process then runs the next batch."""
-    wenv, senv = envs(ft, 8, ITX_HEAVY_TIME_LIMIT="8", ITX_MAX_STEPS="400")  # soft limit: 3 s
+    # soft limit: 3 s. A generate task of 4 items at 500 steps and 128x128 takes ~10 s on an
+    # idle CPU (400 steps at 32x32 took ~2.3 s there: inside the limit, the test failed when
+    # the machine was quiet); the limit cuts it at 3 s, so the larger task costs no time
+    wenv, senv = envs(ft, 8, ITX_HEAVY_TIME_LIMIT="8", ITX_MAX_STEPS="500")
     d = inputs(ft, tmp_path, 8)
     ws = []
     try:
         # the heavy worker loads its model at start (ITX_PRELOAD), so the time goes to denoising
         ws += start(wenv, "light-e") + start({**wenv, "ITX_PRELOAD": "true"}, "heavy-e")
         heavy = ws[1]
-        r = itx(senv, "submit", str(d), "--batch", "slow", "--wait", *SPEC[:-4], "--steps", "400")
+        r = itx(senv, "submit", str(d), "--batch", "slow", "--wait", *SPEC[:-6], "--size",
+                "128x128", "--steps", "500")
         assert r.returncode == 1, r.stdout + r.stderr[-3000:]
         recs = [json.loads(ft["s3"].get_object(Bucket=BUCKET, Key=k)["Body"].read())
                 for k in keys(ft["s3"], "store/runs/slow/results/")]

@@ -272,16 +272,42 @@ def records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
 
 
-def test_itx_run_with_florence_vlms_and_the_if_cascade(tmp_path):
-    out = tmp_path / "out"
-    r = itx("run", str(REPO / "examples/images"), "--out", str(out), "--profile", "tiny-random",
-            "--ocr", "florence-2", "--captioners", "florence-2,smolvlm,qwen2.5-vl",
-            "--caption-prompt", "What is in the picture?", "--vqa", "what is it?",
-            "--vqa-backend", "qwen2.5-vl", "--generator", "if", "--size", "256x256",
-            "--steps", "1", "--guidance", "5", "--negative-prompt", "blurry")
+NEW_GENERATORS = ["sd-turbo", "sdxl-turbo-img2img", "flux-schnell", "flux-schnell-img2img",
+                  "sd-turbo-img2img", "sd3"]
+
+
+@pytest.fixture(scope="module")
+def cycle_runs(tmp_path_factory):
+    """The whole-cycle `itx run`s of this module, one interpreter for all of them
+    (tests/clirun.py: the CLI's entry point once per argv; torch and the shared captioner
+    and VQA model load once, not seven times). Each run writes its own --out folder."""
+    from tests.clirun import itx_runs
+
+    base = tmp_path_factory.mktemp("cycle")
+    florence = ["run", str(REPO / "examples/images"), "--out", str(base / "florence"),
+                "--profile", "tiny-random", "--ocr", "florence-2",
+                "--captioners", "florence-2,smolvlm,qwen2.5-vl",
+                "--caption-prompt", "What is in the picture?", "--vqa", "what is it?",
+                "--vqa-backend", "qwen2.5-vl", "--generator", "if", "--size", "256x256",
+                "--steps", "1", "--guidance", "5", "--negative-prompt", "blurry"]
+    each = [["run", str(REPO / "examples/images"), "--out", str(base / g), "--profile",
+             "tiny-random", "--ocr", "none", "--captioners", "smolvlm", "--vqa", "is it day?",
+             "--vqa-backend", "smolvlm", "--generator", g, "--size", "64x48", "--n", "2"]
+            for g in NEW_GENERATORS]
+    runs = itx_runs([florence, *each])
+    return base, dict(zip(["florence", *NEW_GENERATORS], runs))
+
+
+N_EXAMPLES = len(list((REPO / "examples/images").iterdir()))
+
+
+def test_itx_run_with_florence_vlms_and_the_if_cascade(cycle_runs):
+    base, runs = cycle_runs
+    out, r = base / "florence", runs["florence"]
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     recs = records(out)
-    assert recs and all(rec["error"] is None for rec in recs), [rec["error"] for rec in recs]
+    assert len(recs) == N_EXAMPLES and all(rec["error"] is None for rec in recs), \
+        [rec["error"] for rec in recs]
     assert any(rec["ocr"]["lines"] for rec in recs)
     for rec in recs:
         assert set(rec["captions"]) == {"florence-2", "smolvlm", "qwen2.5-vl"}
@@ -297,16 +323,16 @@ def test_itx_run_with_florence_vlms_and_the_if_cascade(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("generator", ["sd-turbo", "sdxl-turbo-img2img", "flux-schnell",
-                                       "flux-schnell-img2img", "sd-turbo-img2img", "sd3"])
-def test_itx_run_with_each_new_generator(generator, tmp_path):
-    out = tmp_path / "out"
-    r = itx("run", str(REPO / "examples/images"), "--out", str(out), "--profile", "tiny-random",
-            "--ocr", "none", "--captioners", "smolvlm", "--vqa", "is it day?",
-            "--vqa-backend", "smolvlm", "--generator", generator, "--size", "64x48", "--n", "2")
+@pytest.mark.parametrize("generator", NEW_GENERATORS)
+def test_itx_run_with_each_new_generator(generator, cycle_runs):
+    base, runs = cycle_runs
+    out, r = base / generator, runs[generator]
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    for rec in records(out):
+    recs = records(out)
+    assert len(recs) == N_EXAMPLES
+    for rec in recs:
         assert rec["error"] is None, rec["error"]
+        assert rec["reused"] == []  # computed by this run, not taken from another's store
         assert rec["models"][f"generate:{generator}"] == \
             f"tiny-random/{generator.removesuffix('-img2img')}"
         assert rec["vqa"]["is it day?"] and rec["captions"]["smolvlm"]

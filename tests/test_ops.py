@@ -38,21 +38,22 @@ def images(d: Path, n: int, start: int = 0, size=(16, 16)) -> list[Path]:
 @pytest.fixture(scope="module")
 def ops(model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ops")
-    calls, poison = tmp / "calls.log", tmp / "poison-on"
+    calls, poison, pace = tmp / "calls.log", tmp / "poison-on", tmp / "slow-s"
     with redis_server() as redis, moto_server() as endpoint:
         env = {"ITX_BROKER_URL": redis.url + "/0", "ITX_RESULT_BACKEND": redis.url + "/1",
                "ITX_STORE": f"s3://{BUCKET}/store", "AWS_ENDPOINT_URL": endpoint,
                **DUMMY_CREDENTIALS, "ITX_PROFILE": "tiny-random", "ITX_MODEL_DIR": str(model_dir),
                "ITX_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "ITX_PLUGINS": "tests.ops_plugins",
                "ITX_TEST_CALLS": str(calls), "ITX_TEST_POISON": str(poison),
-               "ITX_TEST_SLOW_S": "1.0"}
+               "ITX_TEST_SLOW_S": "1.0", "ITX_TEST_SLOW_FILE": str(pace)}
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                           aws_access_key_id="testing", aws_secret_access_key="testing")
         s3.create_bucket(Bucket=BUCKET)
         w = Worker("light", env, "light-ops", concurrency=2)
         try:
             w.wait_ready()
-            yield {"env": env, "s3": s3, "calls": calls, "poison": poison, "workers": [w]}
+            yield {"env": env, "s3": s3, "calls": calls, "poison": poison, "pace": pace,
+                   "workers": [w]}
         finally:
             w.stop()
 
@@ -91,6 +92,16 @@ def test_cancel_stops_a_200_item_batch_within_10_s_and_resume_finishes_it(ops, t
     st = status(ops, "big")
     assert st["state"] == "cancelled" and st["total"] == 200
     assert st["done"] == n10 and st["cancelled"] == 200 - n10 and st["failed"] == 0
+    # the rest need no slow captioner: 0.1 s a mini-batch (the same worker reads the new pace)
+    ops["pace"].write_text("0.1")
+    try:
+        _other_batches_and_resume(ops, tmp_path, n10)
+    finally:
+        ops["pace"].unlink()
+
+
+def _other_batches_and_resume(ops, tmp_path, n10):
+    env, s3 = ops["env"], ops["s3"]
     # other batches on the same pool are unaffected
     images(tmp_path / "other", 4, start=5000)
     r = itx(env, "submit", str(tmp_path / "other"), "--batch", "other", "--wait",

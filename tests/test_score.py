@@ -209,13 +209,18 @@ OPTS = ["--profile", "tiny-random", "--captioners", "blip,git", "--size", "32x32
 
 @pytest.fixture(scope="module")
 def scored_runs(inputs, tmp_path_factory):
-    """The same inputs twice: all in one chunk, then one item per chunk (other mini-batches)."""
-    outs = []
-    for chunk in ("8", "1"):
-        out = tmp_path_factory.mktemp(f"run{chunk}")
-        r = itx("run", str(inputs), "--out", str(out), *OPTS, "--chunk", chunk)
+    """The same inputs twice: all in one chunk, then one item per chunk (other mini-batches).
+    Both runs in one interpreter (tests/clirun.py); each writes its own store, so the second
+    computes everything again (no stage reuse across stores)."""
+    from tests.clirun import itx_runs
+
+    outs = [tmp_path_factory.mktemp(f"run{chunk}") for chunk in ("8", "1")]
+    runs = itx_runs([["run", str(inputs), "--out", str(out), *OPTS, "--chunk", chunk]
+                     for out, chunk in zip(outs, ("8", "1"))])
+    for r in runs:
         assert r.returncode == 0, r.stdout + r.stderr[-3000:]
-        outs.append(out)
+    for out in outs:
+        assert all(rec["reused"] == [] for rec in manifest(out))
     return outs
 
 

@@ -51,7 +51,9 @@ def _env(broker: str, backend: str, store: str) -> dict:
     f"redis://:{PASSWORD}@127.0.0.1:port/0",           # not a port
     f"nosuch://:{PASSWORD}@127.0.0.1:6399/0",          # no such transport
     f"redis://:{PASSWORD}@[::1:6399/0",                # broken IPv6 literal
-])
+], ids=["scheme-typo", "one-slash", "not-a-port", "no-such-transport", "broken-ipv6"])
+# stable ids: the password is random per process (pytest-xdist workers must collect the same
+# names), and a test id is printed, which a secret should not be
 def test_a_bad_broker_url_never_prints_its_password(broker, inputs, tmp_path):
     env = _env(broker, f"redis://:{PASSWORD}@127.0.0.1:6399/1", (tmp_path / "store").as_uri())
     rc, out = _run([str(BIN / "itx"), "submit", str(inputs), *SPEC], env)
