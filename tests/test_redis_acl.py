@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -143,6 +144,12 @@ def acl_cluster(acl_redis, model_dir, tmp_path_factory):
         for w in ws:
             w.wait_ready()
         wait_port(fport, 60, flower)
+        # Flower turns task events on in every worker (a broadcast every 5 s): a batch sent
+        # before that is invisible to it, however long the test then waits
+        deadline = time.monotonic() + 60
+        while not all("enabled by remote" in w.output() for w in ws):
+            assert time.monotonic() < deadline, "Flower never enabled the workers' task events"
+            time.sleep(0.3)
         yield {"role": role, "store": store, "workers": ws, "flower": f"http://127.0.0.1:{fport}",
                "flower_log": Path(flog.name)}
     finally:
