@@ -121,3 +121,36 @@ def test_a_wrong_guess_costs_only_reads(model_dir, tmp_path):
         with use_settings(prefetch=False):
             (off,) = _chunks(store, spec, 1, per=2, start=200)
             assert len(run_stage(off, "caption", "blip").results) == 2
+
+
+def test_compose_elsewhere_keeps_more_outputs_than_there_are_io_threads(tmp_path):
+    """compose in a process that did not run the chunk's stages reads each image's reuse
+    object before adding to it; with more objects than I/O threads every write still ends
+    (a write that waited on the same thread pool for its read would deadlock it)."""
+    import hashlib
+    import time
+
+    from workers.pipeline import reuse
+    from workers.pipeline.read import POOL
+    from workers.records import Chunk, StagePartial
+    from workers.settings import use_settings
+    from workers.spec import PipelineSpec
+    from workers.storage import open_store
+
+    spec = PipelineSpec(ocr="none", captioners=["blip"], generator="none").resolved(
+        "tiny-random")
+    n = POOL._max_workers + 8
+    with use_settings(store=(tmp_path / "store").as_uri()):
+        store = open_store()
+        items = [{"id": f"k{i}", "image": store.url(
+            f"inputs/{hashlib.sha256(str(i).encode()).hexdigest()}.png")} for i in range(n)]
+        chunk = Chunk(batch="many", spec=spec, items=items, nonce="elsewhere")
+        part = StagePartial(stage="caption:blip", model=spec.model_ref("caption", "blip"),
+                            results={it["id"]: f"caption {it['id']}" for it in items})
+        reuse.keep(chunk, [part])
+        t0 = time.monotonic()
+        reuse.flush(timeout=60)
+        assert time.monotonic() - t0 < 30
+        for it in chunk.items:
+            obj = store.get_json(reuse.object_key(reuse.content_of(it)))
+            assert [e["result"] for e in obj["entries"].values()] == [f"caption {it.id}"]

@@ -127,9 +127,10 @@ def keep(chunk: Chunk, partials: list[StagePartial]) -> None:
         flush(timeout=60)
     store, nonce = open_store(), chunk.nonce
 
-    def put(c: str) -> None:
+    def put(c: str) -> None:  # runs in POOL: reads directly, never through POOL (deadlock)
         try:
-            entries = {**read([c], nonce)[c], **new[c]}  # from memory when read here
+            old = FOUND.get((store.uri, c, nonce))  # from memory when the stages ran here
+            entries = {**(_get(c) if old is None else old), **new[c]}
             store.put_json(object_key(c), {"v": REUSE_VERSION, "entries": entries})
             FOUND.put((store.uri, c, nonce), entries)
         except Exception as e:
