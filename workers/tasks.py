@@ -167,9 +167,9 @@ def generate(self, msg: dict) -> dict:
 def _flush(**_):
     """A pool process that stops first writes the partials and stage-reuse objects it still
     has queued."""
-    from workers.pipeline.read import flush_writes
+    from workers.pipeline.read import PARTIALS
 
-    flush_writes(timeout=30)
+    PARTIALS.wait(timeout=30)
     reuse.flush(timeout=30)
 
 

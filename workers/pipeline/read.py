@@ -88,6 +88,37 @@ OBJECTS = Lru(get_settings().object_cache_bytes)
 POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="itx-io")
 
 
+class Background:
+    """Writes sent to ``POOL`` that the task does not wait for, at most ``limit`` at a time
+    (``submit`` waits for room), and ``wait`` for the ones sent so far (a pool process that
+    stops, an embedded run). Never submit from a ``POOL`` thread: it could wait for itself."""
+
+    def __init__(self, limit: int):
+        self._room = threading.BoundedSemaphore(limit)
+        self._futures: set = set()
+        self._lock = threading.Lock()
+
+    def submit(self, fn, *args) -> None:
+        self._room.acquire()
+        f = POOL.submit(fn, *args)
+        with self._lock:
+            self._futures.add(f)
+        f.add_done_callback(self._done)
+
+    def _done(self, f) -> None:
+        with self._lock:
+            self._futures.discard(f)
+        self._room.release()
+
+    def wait(self, timeout: float | None = None) -> None:
+        with self._lock:
+            todo = list(self._futures)
+        wait(todo, timeout)
+
+
+PARTIALS = Background(64)  # header partials being written while the next task runs
+
+
 # --- images ------------------------------------------------------------------------------
 def read_image(uri: str):
     """The decoded image at ``uri``, or an ItemError saying why not (transient store errors
@@ -192,24 +223,6 @@ def load_state(msg: dict | ComposeState) -> ComposeState:
     return ComposeState.model_validate(fetch(p.ref, p.nonce))
 
 
-_writing = threading.BoundedSemaphore(64)  # partials being written in the background
-_written: set = set()  # their futures, until done
-_written_lock = threading.Lock()
-
-
-def flush_writes(timeout: float | None = 60) -> None:
-    """Wait for the partials still being written (a worker process that stops calls it)."""
-    with _written_lock:
-        todo = list(_written)
-    wait(todo, timeout)
-
-
-def _done_writing(f) -> None:
-    with _written_lock:
-        _written.discard(f)
-    _writing.release()
-
-
 def hand_on(chunk: Chunk, name: str, obj: StagePartial | ComposeState,
             background: bool = False) -> dict:
     """What a task returns: ``obj`` itself, or (for a chunk sent by reference) a pointer to
@@ -225,11 +238,7 @@ def hand_on(chunk: Chunk, name: str, obj: StagePartial | ComposeState,
     store = open_store()
     OBJECTS.put((store.uri, key, chunk.nonce), data, OBJECT_WEIGHT * len(raw))
     if background:
-        _writing.acquire()  # bounded: at most 64 wait to be written
-        f = POOL.submit(_put_partial, store, key, raw)
-        with _written_lock:
-            _written.add(f)
-        f.add_done_callback(_done_writing)
+        PARTIALS.submit(_put_partial, store, key, raw)
     else:
         store.put(key, raw, "application/json")
     return Pointer(ref=key, nonce=chunk.nonce, stage=getattr(obj, "stage", None)).model_dump(

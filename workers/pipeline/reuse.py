@@ -26,9 +26,8 @@ import json
 import logging
 import re
 import threading
-from concurrent.futures import wait
 
-from workers.pipeline.read import POOL, Lru
+from workers.pipeline.read import POOL, Background, Lru
 from workers.records import Chunk, Item, StagePartial
 from workers.storage import NotFoundError, open_store
 
@@ -40,10 +39,10 @@ _CONTENT = re.compile(r"(?:^|/)inputs/([0-9a-f]{32,64})\.[A-Za-z0-9]{1,8}$")
 # that submission ({}: none); compose merges into them, so an object the chunk's stages read
 # is not read again
 FOUND = Lru(4096)
+BACKLOG = 256  # at most this many writes wait; keep() and start() wait for room beyond it
+WRITES = Background(BACKLOG)
 _queued: list = []  # writes keep() prepared, not started yet
-_pending: set = set()  # writes started and not yet done
 _lock = threading.Lock()
-BACKLOG = 256  # at most this many writes wait; keep() waits for room beyond it
 
 
 def content_of(item: Item) -> str | None:
@@ -123,8 +122,8 @@ def keep(chunk: Chunk, partials: list[StagePartial]) -> None:
                 c, e = keys[i]
                 new.setdefault(c, {})[e] = {"stage": p.stage, "result": p.results[i],
                                             "ms": p.ms.get(i)}
-    while len(_pending) + len(_queued) > BACKLOG:  # bounded: wait for the oldest writes
-        flush(timeout=60)
+    if len(_queued) > BACKLOG:  # bounded, should start() not have been called
+        start()
     store, nonce = open_store(), chunk.nonce
 
     def put(c: str) -> None:  # runs in POOL: reads directly, never through POOL (deadlock)
@@ -142,23 +141,14 @@ def keep(chunk: Chunk, partials: list[StagePartial]) -> None:
 
 def start() -> None:
     """Send the queued reuse writes to the background."""
-    def done(f):
-        with _lock:
-            _pending.discard(f)
-
     with _lock:
         jobs = _queued[:]
         _queued.clear()
     for fn, c in jobs:
-        f = POOL.submit(fn, c)
-        with _lock:
-            _pending.add(f)
-        f.add_done_callback(done)
+        WRITES.submit(fn, c)
 
 
 def flush(timeout: float | None = 120) -> None:
     """Start the queued reuse writes and wait for every one so far."""
     start()
-    with _lock:
-        todo = list(_pending)
-    wait(todo, timeout)
+    WRITES.wait(timeout)
