@@ -57,14 +57,6 @@ class Lru:
             while self.used > self.size:
                 self.used -= self._d.popitem(last=False)[1][1]
 
-    def pop(self, key, default=None):
-        with self._lock:
-            if key not in self._d:
-                return default
-            value, n = self._d.pop(key)
-            self.used -= n
-            return value
-
     def __len__(self) -> int:
         return len(self._d)
 

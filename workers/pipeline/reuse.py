@@ -4,7 +4,7 @@ instead of running the models again::
 
     reuse/<c[:2]>/<c>.json    {"v": 2, "entries": {<e>: {"stage": "caption:blip",
                                                           "result": …, "ms": …}, …}}
-    c = the image's content key: the staged object's name, inputs/<sha256>.<ext>
+    c = the image's content key: the sha256 its staged object is named by, inputs/<c>.<ext>
     e = sha256(stage:backend, model ref, options)[:32]
 
 ``options`` are the stage's inputs besides the image that change its output (VQA: the item's

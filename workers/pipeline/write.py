@@ -30,12 +30,6 @@ def start_outputs(batch: str, made: list[tuple[ResultRecord, list]]) -> list[Fut
     return futures
 
 
-def put_outputs(batch: str, made: list[tuple[ResultRecord, list]]) -> None:
-    """Store each record's images and set its ``outputs`` to their URIs."""
-    for f in start_outputs(batch, made):
-        f.result()
-
-
 def record_key(batch: str, item_id: str) -> str:
     return f"runs/{batch}/results/{item_id}.json"
 
