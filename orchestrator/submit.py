@@ -78,7 +78,7 @@ def stage_item(item: InputItem, store, spec_fp: str, done: set | None = None) ->
             if len(item.data) > s.max_image_bytes:
                 raise InputError("file_too_large",
                                  f"{len(item.data)} bytes is over the limit of {s.max_image_bytes}")
-            uri, _ = store.put_content(item.data, item.ext or ".bin")
+            uri, new = store.put_content(item.data, item.ext or ".bin")
             content = uri.rsplit("/", 1)[-1]
         elif item.path is not None:
             p = item.path
@@ -94,7 +94,7 @@ def stage_item(item: InputItem, store, spec_fp: str, done: set | None = None) ->
                 data = p.read_bytes()
             except OSError as e:
                 raise InputError("unreadable", f"cannot read {str(p)!r}: {e.strerror}") from None
-            uri, _ = store.put_content(data, p.suffix or ".bin")
+            uri, new = store.put_content(data, p.suffix or ".bin")
             content = uri.rsplit("/", 1)[-1]
         else:
             scheme = "s3" if item.uri.startswith("s3://") else urlparse(item.uri).scheme
@@ -102,7 +102,7 @@ def stage_item(item: InputItem, store, spec_fp: str, done: set | None = None) ->
                 try:
                     store.key_of(item.uri)
                     uri = item.uri  # already in the store: use it where it is
-                    content = uri
+                    content, new = uri, False
                 except OutsideStoreError:
                     confine.check_bucket(item.uri, getattr(store, "bucket", None))
                     u = urlparse(item.uri)
@@ -111,11 +111,11 @@ def stage_item(item: InputItem, store, spec_fp: str, done: set | None = None) ->
                                                                max_bytes=s.max_image_bytes)
                     except TooLargeError as e:
                         raise InputError("file_too_large", str(e)) from None
-                    uri, _ = store.put_content(data, Path(u.path).suffix or ".bin")
+                    uri, new = store.put_content(data, Path(u.path).suffix or ".bin")
                     content = uri.rsplit("/", 1)[-1]
             elif scheme in ("http", "https"):
                 data = fetch_http(item.uri)
-                uri, _ = store.put_content(data, Path(urlparse(item.uri).path).suffix or ".bin")
+                uri, new = store.put_content(data, Path(urlparse(item.uri).path).suffix or ".bin")
                 content = uri.rsplit("/", 1)[-1]
             else:
                 raise InputError("unknown_scheme", f"cannot read {item.uri!r}")
@@ -127,7 +127,7 @@ def stage_item(item: InputItem, store, spec_fp: str, done: set | None = None) ->
         error = f"unreadable: {e}"
     else:
         return Item(id=known_id(item, spec_fp) or item_id(content, spec_fp, item),
-                    source=source, image=uri, **extra)
+                    source=source, image=uri, new=new or None, **extra)
     if "edit" in extra and len(extra["edit"]) > s.max_edit_rules:  # not echoed back in full
         extra["edit"] = extra["edit"][:s.max_edit_rules]
     if "questions" in extra and len(extra["questions"]) > s.max_questions:

@@ -74,3 +74,19 @@ def test_states_gc_and_listing(done_batch):
 def test_no_reuse_is_not_part_of_the_item_ids():
     a = PipelineSpec(profile="tiny-random", captioners=["blip"])
     assert a.fingerprint() == a.model_copy(update={"reuse": False}).fingerprint()
+
+
+def test_ledgers_mark_the_images_staging_wrote(done_batch, tmp_path, monkeypatch):
+    """``Item.new``: the first batch over an image wrote it into the store (workers skip its
+    reuse lookup); a later batch over the same image finds it there."""
+    store, recs = done_batch
+    first = [it for c in sorted(store.list("runs/b1/chunks/"))
+             for it in store.get_json(c)["items"]]
+    assert len(first) == 5 and all(it["new"] is True for it in first)
+    spec = PipelineSpec(profile="tiny-random", ocr="none", captioners=["slow"], generator="none",
+                        edits=["template:{caption}?"])
+    with use_settings(auto_gc=False):
+        out = run([str(tmp_path / "i*.png")], spec, store.root, batch="b2", chunk=8)
+    assert sorted(r["reused"] for r in out) == [["caption:slow"]] * 5
+    (ledger,) = store.list("runs/b2/chunks/")
+    assert [it["new"] for it in store.get_json(ledger)["items"]] == [None] * 5

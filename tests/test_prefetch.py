@@ -154,3 +154,36 @@ def test_compose_elsewhere_keeps_more_outputs_than_there_are_io_threads(tmp_path
         for it in chunk.items:
             obj = store.get_json(reuse.object_key(reuse.content_of(it)))
             assert [e["result"] for e in obj["entries"].values()] == [f"caption {it.id}"]
+
+
+def test_new_images_are_not_looked_up_for_reuse(model_dir):
+    """Images staging wrote (``Item.new``) have no reuse object yet: no GET for their lookup
+    nor for compose's write, which still keeps their outputs for the next batch."""
+    from workers.pipeline import reuse
+    from workers.pipeline.compose import compose
+    from workers.pipeline.run import run_stage
+    from workers.pipeline.write import finish
+    from workers.settings import use_settings
+    from workers.spec import PipelineSpec
+    from workers.storage import open_store
+
+    spec = PipelineSpec(ocr="none", captioners=["blip"], generator="none").resolved(
+        "tiny-random")
+    with moto_server() as endpoint, FaultProxy(endpoint) as proxy, s3_env(proxy.url):
+        boto3.client("s3").create_bucket(Bucket=BUCKET + "-new")  # a process keeps a store per URI
+        with use_settings(store=f"s3://{BUCKET}-new/store", prefetch=False):
+            store = open_store()
+            (c,) = _chunks(store, spec, 1, per=4, start=400)
+            c = c.model_copy(update={"items": [it.model_copy(update={"new": True})
+                                               for it in c.items]})
+            proxy.reset_counts()
+            finish(compose([run_stage(c, "caption", "blip")], c))
+            reuse.flush()
+            assert _reads(proxy, "reuse/") == 0
+            assert sum(1 for m, p in proxy.requests if m == "PUT" and "/store/reuse/" in p) == 4
+            # the next batch over the same images (not new to it) takes them from there
+            again = c.model_copy(update={"nonce": "next", "items": [
+                it.model_copy(update={"new": None}) for it in c.items]})
+            assert sorted(run_stage(again, "caption", "blip").reused) == \
+                sorted(it.id for it in c.items)
+

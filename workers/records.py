@@ -42,6 +42,9 @@ class Item(_Model):
     file_name: str | None = None
     prior_attempts: int | None = None  # `itx retry`: the attempts of the record it replaces
     meta: dict[str, Any] | None = None  # a dataset sample's key, shard and kept columns
+    # staging wrote the image (its content was not in the store): no earlier batch kept
+    # stage outputs for it, so workers skip its reuse lookup (workers/pipeline/reuse.py)
+    new: bool | None = None
 
 
 class Pointer(_Model):

@@ -74,7 +74,8 @@ def _read(ref: str, nonce: str | None) -> None:
     if chunk.spec.reuse:
         stages = header_stages(chunk.spec, chunk.items)
         keys = [reuse_keys(chunk, stage, name) for stage, name in stages]
-        found = reuse.read({c for k in keys for c, _ in k.values()}, chunk.nonce)
+        found = reuse.read({c for k in keys for c, _ in k.values()}, chunk.nonce,
+                           reuse.new_contents(chunk.items))
         need = [it for it in need  # an image every stage takes from reuse is not read
                 if not all(it.id in k and k[it.id][1] in found[k[it.id][0]] for k in keys)]
     read_images(need)

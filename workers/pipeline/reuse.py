@@ -73,13 +73,24 @@ def _get(content: str) -> dict:
     return entries if isinstance(entries, dict) else {}
 
 
-def read(contents, nonce: str | None) -> dict[str, dict]:
+def new_contents(items: list[Item]) -> set[str]:
+    """Content keys of the items whose image staging wrote (``Item.new``): no earlier batch
+    kept outputs for them, so they are not looked up (an object another batch writes for the
+    same image meanwhile costs a recomputation, never a wrong output)."""
+    return {c for it in items if it.new and (c := content_of(it))}
+
+
+def read(contents, nonce: str | None, new: set[str] = frozenset()) -> dict[str, dict]:
     """``content -> entries`` for these images: from memory when this process read them
-    already for this submission (``nonce``), else one GET each, in parallel."""
+    already for this submission (``nonce``), none for ``new`` ones (``new_contents``), else
+    one GET each, in parallel."""
     uri = open_store().uri
     out, todo = {}, []
     for c in dict.fromkeys(contents):
         got = FOUND.get((uri, c, nonce))
+        if got is None and c in new:
+            got = {}
+            FOUND.put((uri, c, nonce), got)  # compose's write merges into it: no GET either
         if got is None:
             todo.append(c)
         else:
@@ -90,10 +101,11 @@ def read(contents, nonce: str | None) -> dict[str, dict]:
     return out
 
 
-def lookup(keys: dict[str, tuple[str, str]], nonce: str | None) -> dict[str, dict]:
+def lookup(keys: dict[str, tuple[str, str]], nonce: str | None,
+           new: set[str] = frozenset()) -> dict[str, dict]:
     """``item id -> {"result", "ms"}`` for the ids (``-> (content, entry)``) whose entry the
-    image's reuse object holds."""
-    found = read((c for c, _ in keys.values()), nonce)
+    image's reuse object holds (``new``: as ``read``)."""
+    found = read((c for c, _ in keys.values()), nonce, new)
     out = {}
     for i, (c, e) in keys.items():
         hit = found[c].get(e)
@@ -124,12 +136,14 @@ def keep(chunk: Chunk, partials: list[StagePartial]) -> None:
                                             "ms": p.ms.get(i)}
     if len(_queued) > BACKLOG:  # bounded, should start() not have been called
         start()
-    store, nonce = open_store(), chunk.nonce
+    store, nonce, staged = open_store(), chunk.nonce, new_contents(chunk.items)
 
     def put(c: str) -> None:  # runs in POOL: reads directly, never through POOL (deadlock)
         try:
             old = FOUND.get((store.uri, c, nonce))  # from memory when the stages ran here
-            entries = {**(_get(c) if old is None else old), **new[c]}
+            if old is None:
+                old = {} if c in staged else _get(c)
+            entries = {**old, **new[c]}
             store.put_json(object_key(c), {"v": REUSE_VERSION, "entries": entries})
             FOUND.put((store.uri, c, nonce), entries)
         except Exception as e:

@@ -69,7 +69,8 @@ def run_stage(chunk: Chunk, stage: str, name: str) -> StagePartial:
     partial = StagePartial(stage=decl.key, model=spec.model_ref(stage, name))
     prefetch.wait(chunk)  # what a read-ahead of this chunk has read is in memory
     keys = reuse_keys(chunk, stage, name)
-    hits = reuse.lookup(keys, chunk.nonce) if spec.reuse and keys else {}
+    hits = reuse.lookup(keys, chunk.nonce, reuse.new_contents(chunk.items)) \
+        if spec.reuse and keys else {}
     for i, hit in hits.items():
         partial.results[i] = hit["result"]
         partial.ms[i] = 0.0
