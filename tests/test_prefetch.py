@@ -187,3 +187,31 @@ def test_new_images_are_not_looked_up_for_reuse(model_dir):
             assert sorted(run_stage(again, "caption", "blip").reused) == \
                 sorted(it.id for it in c.items)
 
+
+def test_cached_images_do_not_wait_behind_the_io_threads(tmp_path):
+    """A task's images read ahead are taken from memory in its own thread, even while every
+    I/O thread is busy with background writes."""
+    import threading
+    import time
+
+    from workers.pipeline.read import POOL, read_images
+    from workers.records import Item
+    from workers.settings import use_settings
+    from workers.storage import open_store
+
+    with use_settings(store=(tmp_path / "store").as_uri()):
+        store = open_store()
+        items = [Item(id=f"c{i}", image=store.put_content(
+            _png(np.full((8, 8, 3), i, np.uint8)), "png")[0]) for i in range(4)]
+        assert all(not isinstance(v, Exception) for v in read_images(items).values())
+        release = threading.Event()
+        busy = [POOL.submit(release.wait, 10) for _ in range(2 * POOL._max_workers)]
+        try:
+            t0 = time.monotonic()
+            got = read_images(items)
+            assert time.monotonic() - t0 < 1.0
+            assert [got[it.id].getpixel((0, 0)) for it in items] == [(i, i, i) for i in range(4)]
+        finally:
+            release.set()
+            for f in busy:
+                f.result()

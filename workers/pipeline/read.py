@@ -141,10 +141,12 @@ def read_image(uri: str):
 def read_images(items: list[Item]) -> dict[str, object]:
     """``id -> PIL image | ItemError`` for items without an earlier error; reads in parallel."""
     todo = [it for it in items if not it.error]
-    uris = [it.image or "" for it in todo]
-    got = POOL.map(lambda u: read_image(u) if u else ItemError("no_image", "item has no image URI"),
-                   uris)
-    return {it.id: img for it, img in zip(todo, got)}
+    out = {it.id: IMAGES.get(it.image, _MISS) if it.image else
+           ItemError("no_image", "item has no image URI") for it in todo}
+    # only the misses go to the I/O threads: a cached image never waits behind their queue
+    miss = [it for it in todo if out[it.id] is _MISS]
+    out.update(zip([it.id for it in miss], POOL.map(read_image, [it.image for it in miss])))
+    return out
 
 
 # --- chunks and what their stages hand on --------------------------------------------------
