@@ -188,6 +188,53 @@ def test_new_images_are_not_looked_up_for_reuse(model_dir):
                 sorted(it.id for it in c.items)
 
 
+def test_compose_ahead_writes_the_records_before_its_task(model_dir):
+    """The process that ran a chunk's last header stage composes it at once and writes the
+    records in the background; compose's task then only waits for them. A compose whose
+    message names other partials composes again."""
+    from workers.pipeline import ahead
+    from workers.pipeline.read import hand_on
+    from workers.pipeline.run import run_stage
+    from workers.pipeline.write import record_key
+    from workers.settings import use_settings
+    from workers.spec import PipelineSpec
+    from workers.storage import open_store
+
+    spec = PipelineSpec(ocr="none", captioners=["blip", "git"], vqa=["what is it?"],
+                        generator="none").resolved("tiny-random")
+    with moto_server() as endpoint, FaultProxy(endpoint) as proxy, s3_env(proxy.url):
+        boto3.client("s3").create_bucket(Bucket=BUCKET + "-ahead")
+        with use_settings(store=f"s3://{BUCKET}-ahead/store", prefetch=False):
+            store = open_store()
+            (c,) = _chunks(store, spec, 1, per=4, start=500)
+            proxy.reset_counts()
+            ptrs = []
+            for stage, name in (("caption", "blip"), ("caption", "git"), ("vqa", "blip-vqa")):
+                assert ahead.take(c, ptrs) is None  # not every stage has run
+                ptrs.append(hand_on(c, f"{stage}:{name}", run_stage(c, stage, name),
+                                    background=True))
+                ahead.start(c)
+            assert ahead.take(c, ptrs[:2]) is None and ahead.take(c, ptrs + ptrs[:1]) is None
+            summary = ahead.take(c, list(reversed(ptrs)))
+            assert summary["done"] == 4 and sorted(summary["ids"]) == sorted(i.id for i in c.items)
+            for it in c.items:  # in the store once take() returns
+                rec = store.get_json(record_key(c.batch, it.id))
+                assert set(rec["captions"]) == {"blip", "git"} and rec["vqa"]["what is it?"]
+            assert sum(1 for m, p in proxy.requests if m == "PUT" and "/results/" in p) == 4
+
+            # not composed ahead: a generator follows, or ITX_COMPOSE_AHEAD=false
+            gen = c.model_copy(update={"nonce": "gen", "spec": spec.model_copy(
+                update={"generator": "sd"})})
+            (off,) = _chunks(store, spec, 1, per=2, start=600)
+            with use_settings(compose_ahead=False):
+                for ch in (gen, off):
+                    ps = [hand_on(ch, f"caption:{n}", run_stage(ch, "caption", n))
+                          for n in ("blip", "git")]
+                    ps.append(hand_on(ch, "vqa:blip-vqa", run_stage(ch, "vqa", "blip-vqa")))
+                    ahead.start(ch if ch is off else gen)
+                    assert ahead.take(ch, ps) is None
+
+
 def test_cached_images_do_not_wait_behind_the_io_threads(tmp_path):
     """A task's images read ahead are taken from memory in its own thread, even while every
     I/O thread is busy with background writes."""

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # while a chunk computes, read the next one this process will likely run (ledger, images,
     # stage-reuse lookups); reuse entries are written in the background
     prefetch: bool = True
+    # the process that ran a chunk's last header stage composes it at once and writes its
+    # records in the background while its next task runs (compose then only waits for them)
+    compose_ahead: bool = True
 
     # --- limits on input (each has its own error) ------------------------
     max_pixels: int = 40_000_000

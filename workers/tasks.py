@@ -13,7 +13,7 @@ from celery.signals import worker_process_init, worker_process_shutdown
 
 from workers import control
 from workers.app import app
-from workers.pipeline import reuse
+from workers.pipeline import ahead, reuse
 from workers.pipeline.compose import compose as pipeline_compose, timed_out
 from workers.pipeline.generate import generate as pipeline_generate
 from workers.pipeline.read import POOL, hand_on, load_chunk, load_partial, load_state
@@ -85,7 +85,10 @@ def _header(task: StageTask, chunk: Chunk, stage: str, name: str) -> dict:
         out = StagePartial.failed(key, chunk.items, f"store_unavailable: {key}: {e}")
     out.attempts = task.attempt
     out.store_retries = store_retries() - r0
-    return hand_on(chunk, key, out, background=True)
+    msg = hand_on(chunk, key, out, background=True)
+    if (task.request.delivery_info or {}).get("routing_key") in (None, table.LIGHT):
+        ahead.start(chunk)  # compose's queue is light without generator or scores
+    return msg
 
 
 def _cancelled(batch: str, chunk: int, n: int) -> dict:
@@ -104,6 +107,8 @@ def compose(self, partials: list[dict], msg: dict) -> dict:
     r0 = store_retries()
     lost = control.poisoned(self)
     chunk = load_chunk(msg)
+    if self.attempt == 1 and not lost and (early := ahead.take(chunk, partials)) is not None:
+        return early  # composed ahead here, and its records are in the store
     asked = POOL.submit(control.is_cancelled, chunk.batch, True)  # while the partials load
     parts = [p for p in map(load_partial, partials or []) if p is not None]  # None: lost
     if any(p.cancelled for p in parts) or asked.result():

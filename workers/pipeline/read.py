@@ -217,6 +217,12 @@ def load_state(msg: dict | ComposeState) -> ComposeState:
     return ComposeState.model_validate(fetch(p.ref, p.nonce))
 
 
+def part_key(chunk: Chunk, name: str) -> str:
+    """Where a chunk's stage partial (``name``: ``caption:git``) or compose's records
+    (``compose``) are handed on; deterministic, so a re-run overwrites them."""
+    return f"runs/{chunk.batch}/parts/{chunk.chunk:06d}/{name.replace(':', '-')}.json"
+
+
 def hand_on(chunk: Chunk, name: str, obj: StagePartial | ComposeState,
             background: bool = False) -> dict:
     """What a task returns: ``obj`` itself, or (for a chunk sent by reference) a pointer to
@@ -227,7 +233,7 @@ def hand_on(chunk: Chunk, name: str, obj: StagePartial | ComposeState,
     data = obj.dump()
     if not chunk.ref:
         return data
-    key = f"runs/{chunk.batch}/parts/{chunk.chunk:06d}/{name.replace(':', '-')}.json"
+    key = part_key(chunk, name)
     raw = json.dumps(data, ensure_ascii=False).encode()
     store = open_store()
     OBJECTS.put((store.uri, key, chunk.nonce), data, OBJECT_WEIGHT * len(raw))

@@ -34,18 +34,30 @@ def record_key(batch: str, item_id: str) -> str:
     return f"runs/{batch}/results/{item_id}.json"
 
 
-def finish(state: ComposeState) -> dict:
-    """Write every record; return the chunk's small summary (it goes through Redis)."""
-    from workers.pipeline import reuse
-
+def write_records(state: ComposeState) -> list[Future]:
+    """Start writing every record (in the I/O threads); wait for the futures before the
+    chunk counts as done."""
     store, now = open_store(), time.time()
 
     def put(rec: ResultRecord) -> None:
         rec.finished_at = now
         store.put_json(record_key(state.batch, rec.id), rec.dump())
 
-    list(POOL.map(put, state.records))
-    reuse.start()  # compose's reuse writes, now that the records are in
+    return [POOL.submit(put, rec) for rec in state.records]
+
+
+def summary(state: ComposeState) -> dict:
+    """The chunk's small summary (it goes through Redis)."""
     failed = sum(1 for r in state.records if r.error)
     return ChunkSummary(batch=state.batch, chunk=state.chunk, done=len(state.records) - failed,
                         failed=failed, ids=[r.id for r in state.records]).dump()
+
+
+def finish(state: ComposeState) -> dict:
+    """Write every record; return the chunk's summary."""
+    from workers.pipeline import reuse
+
+    for f in write_records(state):
+        f.result()
+    reuse.start()  # compose's reuse writes, now that the records are in
+    return summary(state)
