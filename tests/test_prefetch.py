@@ -262,3 +262,35 @@ def test_cached_images_do_not_wait_behind_the_io_threads(tmp_path):
             release.set()
             for f in busy:
                 f.result()
+
+
+def test_images_stream_in_order_as_they_are_read(model_dir):
+    """A stage's first mini-batch need not wait for the chunk's last image: ``stream_images``
+    gives each image, in the items' order, as soon as it is in memory, and says when all are
+    (the next chunk's read-ahead starts then)."""
+    import time
+
+    from workers.pipeline.read import stream_images
+    from workers.records import Item
+    from workers.settings import use_settings
+    from workers.storage import open_store
+
+    with moto_server() as endpoint, FaultProxy(endpoint) as proxy, s3_env(proxy.url):
+        boto3.client("s3").create_bucket(Bucket=BUCKET + "-stream")
+        with use_settings(store=f"s3://{BUCKET}-stream/store"):
+            store = open_store()
+            items = [Item(id=f"s{i}", image=store.put_content(
+                _png(np.full((8, 8, 3), i, np.uint8)), "png")[0]) for i in range(6)]
+            items.insert(3, Item(id="bad", image=store.url("inputs/missing.png")))
+            list(stream_images(items[:3]))  # the first three are in memory now
+            proxy.set(delay=0.6)
+            events = []
+            t0 = time.monotonic()
+            for it, img in stream_images(items, when_read=lambda: events.append("all read")):
+                events.append((it.id, time.monotonic() - t0,
+                               type(img).__name__ if it.id == "bad" else img.getpixel((0, 0))))
+            got = [e for e in events if e != "all read"]
+            assert [e[0] for e in got] == [it.id for it in items]
+            assert all(e[1] < 0.3 for e in got[:3]) and all(e[1] >= 0.6 for e in got[3:])
+            assert got[3][2] == "ItemError" and got[4][2] == (3, 3, 3)
+            assert events.index("all read") > 3  # after the reads, before the last item

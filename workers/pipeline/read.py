@@ -15,8 +15,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from workers.images import ItemError, decode_image
 from workers.records import Chunk, ComposeState, Item, Pointer, StagePartial
@@ -138,15 +138,32 @@ def read_image(uri: str):
     return img
 
 
+def stream_images(items: list[Item], when_read: Callable[[], None] | None = None
+                  ) -> Iterator[tuple[Item, object]]:
+    """``(item, PIL image | ItemError)`` for items without an earlier error, in their order,
+    each as soon as it is in memory: cached images at once (in this thread: they never wait
+    behind the I/O threads' queue), the others read in parallel. ``when_read()`` is called
+    once every image is in memory."""
+    todo = [it for it in items if not it.error]
+    got: dict = {}
+    for it in todo:
+        img = IMAGES.get(it.image, _MISS) if it.image else \
+            ItemError("no_image", "item has no image URI")
+        got[it.id] = POOL.submit(read_image, it.image) if img is _MISS else img
+    reading = [f for f in got.values() if isinstance(f, Future)]
+    for it in todo:
+        if when_read and all(f.done() for f in reading):
+            when_read()
+            when_read = None
+        img = got[it.id]
+        yield it, img.result() if isinstance(img, Future) else img
+    if when_read:
+        when_read()
+
+
 def read_images(items: list[Item]) -> dict[str, object]:
     """``id -> PIL image | ItemError`` for items without an earlier error; reads in parallel."""
-    todo = [it for it in items if not it.error]
-    out = {it.id: IMAGES.get(it.image, _MISS) if it.image else
-           ItemError("no_image", "item has no image URI") for it in todo}
-    # only the misses go to the I/O threads: a cached image never waits behind their queue
-    miss = [it for it in todo if out[it.id] is _MISS]
-    out.update(zip([it.id for it in miss], POOL.map(read_image, [it.image for it in miss])))
-    return out
+    return {it.id: img for it, img in stream_images(items)}
 
 
 # --- chunks and what their stages hand on --------------------------------------------------

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from itertools import chain
 
 from workers.images import ItemError
-from workers.pipeline.read import read_images
+from workers.pipeline.read import stream_images
 from workers.records import Chunk, Item, StagePartial
 from workers.spec import PipelineSpec
 from workers.stages import table
@@ -61,8 +62,9 @@ def reuse_keys(chunk: Chunk, stage: str, name: str, ref: str | None = None
 def run_stage(chunk: Chunk, stage: str, name: str) -> StagePartial:
     """Run backend ``stage``/``name`` over the chunk's good images in mini-batches. Outputs
     an earlier run kept for the same image, model and options are reused (``reuse.py``);
-    between mini-batches a cancelled batch raises :class:`workers.control.Cancelled`. Once
-    its images are read, the next chunk is read ahead while the model runs (``prefetch.py``)."""
+    between mini-batches a cancelled batch raises :class:`workers.control.Cancelled`. The
+    first mini-batch runs as soon as its images are read; once all are, the next chunk is
+    read ahead while the model runs (``prefetch.py``)."""
     from workers.pipeline import prefetch, reuse
 
     spec, decl = chunk.spec, table.get(stage, name)
@@ -76,25 +78,41 @@ def run_stage(chunk: Chunk, stage: str, name: str) -> StagePartial:
         partial.ms[i] = 0.0
         partial.reused.append(i)
     todo = [it for it in chunk.items if it.id not in hits]
-    images = read_images(todo)
-    prefetch.ahead(chunk)
-    for i, img in images.items():
-        if isinstance(img, ItemError):
-            partial.errors[i] = str(img)
-    good = [it for it in todo if it.id in images and not isinstance(images[it.id], ItemError)]
-    if not good:
+    # the good images in order, each as soon as it is read (the others' errors go in the
+    # partial): the first mini-batch runs while the rest of the chunk is still being read
+    decoded = (x for x in stream_images(todo, when_read=lambda: prefetch.ahead(chunk))
+               if not _failed(partial, *x))
+    first = next(decoded, None)
+    if first is None:
         return partial
     try:
         backend = load(spec, stage, name)
     except Exception as e:
         msg = f"model_unavailable: {decl.key}: {error_text(e)}"
         log.error(msg)
-        partial.errors.update({it.id: msg for it in good})
+        partial.errors.update({it.id: msg for it, _ in chain([first], decoded)})
         return partial
-    cols = [[images[it.id] for it in good]]
-    if table.QUESTIONS in decl.consumes:
-        cols.append([item_questions(spec, it) for it in good])
-    outs, per = run_sliced(backend, decl.key, cols, backend.spec_kwargs(spec), chunk.batch)
+    asks, step = table.QUESTIONS in decl.consumes, max(1, backend.max_batch)
+    good: list[Item] = []
+
+    def columns(part: list) -> list:
+        cols = [[img for _, img in part]]
+        if asks:
+            cols.append([item_questions(spec, it) for it, _ in part])
+        return cols
+
+    def parts():
+        part = []
+        for it, img in chain([first], decoded):
+            good.append(it)
+            part.append((it, img))
+            if len(part) == step:
+                yield columns(part)
+                part = []
+        if part:
+            yield columns(part)
+
+    outs, per = run_parts(backend, decl.key, parts(), backend.spec_kwargs(spec), chunk.batch)
     for it, out in zip(good, outs):
         if isinstance(out, ItemError):
             partial.errors[it.id] = str(out)
@@ -104,27 +122,44 @@ def run_stage(chunk: Chunk, stage: str, name: str) -> StagePartial:
     return partial  # compose keeps the fresh outputs for reuse
 
 
+def _failed(partial: StagePartial, item: Item, img) -> bool:
+    """Whether ``item``'s image could not be read or decoded (its error goes in the partial)."""
+    if isinstance(img, ItemError):
+        partial.errors[item.id] = str(img)
+        return True
+    return False
+
+
 def run_sliced(backend, key: str, cols: list, kwargs: dict, batch: str,
                on_part: Callable[[int, list], None] | None = None) -> tuple[list, float]:
-    """:func:`run_isolated` one mini-batch (``backend.max_batch`` items) at a time, checking
-    between them whether ``batch`` was cancelled (raises ``Cancelled``). ``on_part(start,
-    outputs)`` is called with each mini-batch's outputs as it is done (the generator starts
-    storing them while the next one runs)."""
-    from workers import control
-
+    """:func:`run_parts` over parallel columns cut into the backend's mini-batches
+    (``backend.max_batch`` items)."""
     n = len(cols[0])
     step = max(1, getattr(backend, "max_batch", n) or n)
+    parts = ([None if c is None else c[i:i + step] for c in cols] for i in range(0, n, step))
+    return run_parts(backend, key, parts, kwargs, batch, on_part)
+
+
+def run_parts(backend, key: str, parts: Iterable[list], kwargs: dict, batch: str,
+              on_part: Callable[[int, list], None] | None = None) -> tuple[list, float]:
+    """:func:`run_isolated` on each mini-batch (a list of columns; ``parts`` may be a
+    generator that fills them as their inputs arrive), checking between them whether
+    ``batch`` was cancelled (raises ``Cancelled``). ``on_part(start, outputs)`` is called with
+    each mini-batch's outputs as it is done (the generator starts storing them while the next
+    one runs). Returns every output and the model's milliseconds per item."""
+    from workers import control
+
     outs: list = []
-    t0 = time.perf_counter()
-    for i in range(0, n, step):
-        if i:
+    ms = 0.0
+    for k, part in enumerate(parts):
+        if k:
             control.check(batch)
-        part, _ = run_isolated(backend, key, [None if c is None else c[i:i + step]
-                                              for c in cols], kwargs)
-        outs.extend(part)
+        got, per = run_isolated(backend, key, part, kwargs)
         if on_part:
-            on_part(i, part)
-    return outs, (time.perf_counter() - t0) * 1000 / max(1, n)
+            on_part(len(outs), got)
+        outs.extend(got)
+        ms += per * len(got)
+    return outs, ms / max(1, len(outs))
 
 
 def run_isolated(backend, key: str, cols: list, kwargs: dict) -> tuple[list, float]:
