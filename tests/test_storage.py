@@ -77,6 +77,30 @@ def test_s3_store_over_http(endpoint):
         assert r.read() == b"again"
 
 
+def test_s3_staging_puts_small_inputs_in_one_conditional_request(endpoint):
+    """An input up to CONDITIONAL_PUT_BYTES is staged with one PUT (If-None-Match: *), which
+    never replaces an object already there; a larger one is HEADed first."""
+    from tests.faultproxy import FaultProxy
+    from workers.storage import S3Store
+
+    boto3.client("s3").create_bucket(Bucket="staging-test")
+    with FaultProxy(endpoint) as proxy:
+        st = S3Store("s3://staging-test/p", client=boto3.client("s3", endpoint_url=proxy.url))
+        uri, new = st.put_content(b"small image", "png")
+        assert new and st.get(uri) == b"small image"
+        assert [m for m, _ in proxy.requests] == ["PUT", "GET"]
+        proxy.reset_counts()
+        assert st.put_content(b"small image", "png") == (uri, False)
+        assert [m for m, _ in proxy.requests] == ["PUT"]  # refused: 412
+        st.CONDITIONAL_PUT_BYTES = 4
+        proxy.reset_counts()
+        big, new = st.put_content(b"a larger image", "png")
+        assert new and [m for m, _ in proxy.requests] == ["HEAD", "PUT"]
+        proxy.reset_counts()
+        assert st.put_content(b"a larger image", "png") == (big, False)
+        assert [m for m, _ in proxy.requests] == ["HEAD"]
+
+
 def test_unsupported_store_uri():
     with pytest.raises(ValueError, match="unsupported store"):
         open_store("gs://bucket/x")

@@ -362,6 +362,17 @@ class S3Store(Store):
         self._call(self.client.put_object, Bucket=self.bucket, Key=self._full(key), Body=data, **extra)
         return self.url(key)
 
+    # staging: an input up to this size goes up in one conditional PUT (a new image costs one
+    # request instead of HEAD + PUT; one already there is refused, 412, and not replaced); a
+    # larger one is asked for first, so submitting it again does not upload it again
+    CONDITIONAL_PUT_BYTES = 1 << 20
+
+    def put_content(self, data: bytes, ext: str, prefix: str = "inputs") -> tuple[str, bool]:
+        if len(data) > self.CONDITIONAL_PUT_BYTES:
+            return super().put_content(data, ext, prefix)
+        key = content_key(data, ext, prefix)
+        return self.url(key), self.put_if_absent(key, data)
+
     def put_if_absent(self, key, data, content_type=None):
         key = self.key_of(key)
         extra = {"ContentType": content_type} if content_type else {}
