@@ -2,9 +2,10 @@
 often a task's worker died while running it (poison chunks).
 
     runs/<batch>/cancel.json    written by ``itx cancel``; removed by ``itx submit --resume``
-                                and ``itx retry``. Tasks check it before any work and between
-                                mini-batches; a cancelled chunk writes no records, so a later
-                                resume runs exactly the items that have none.
+                                and ``itx retry``. Tasks check it before any work (with
+                                the last reply at hand) and before every mini-batch; a
+                                cancelled chunk writes no records, so a later resume runs
+                                exactly the items that have none.
 
 Deliveries are counted in the result backend's Redis (``INCR`` on a key per task id, with an
 expiry): Celery's ``redelivered`` flag only says "at least once".
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from workers.settings import get_settings
 from workers.storage import open_store
@@ -33,7 +34,7 @@ def cancel_key(batch: str) -> str:
 _SEEN: dict[tuple[str, str], tuple[float, bool]] = {}  # (store, batch) -> (checked at, cancelled)
 _TTL = 0.5  # seconds: a worker asks the store at most twice a second per batch
 _STALE = 5.0  # an answer older than this is not used even once (ask the store first)
-_asking: set = set()  # keys whose marker a background check is reading now
+_asking: dict = {}  # key -> the Future of the background check reading its marker now
 _lock = threading.Lock()
 _ASK = ThreadPoolExecutor(max_workers=1, thread_name_prefix="itx-cancel")
 
@@ -46,26 +47,36 @@ def _ask(store, key: tuple[str, str], batch: str) -> bool:
         flag = _SEEN.get(key, (0, False))[1]
     _SEEN[key] = (time.monotonic(), flag)
     with _lock:
-        _asking.discard(key)
+        _asking.pop(key, None)
     return flag
 
 
-def is_cancelled(batch: str, fresh: bool = False) -> bool:
+def _ask_in_background(store, key: tuple[str, str], batch: str) -> Future:
+    with _lock:
+        f = _asking.get(key)
+        if f is None:
+            f = _asking[key] = _ASK.submit(_ask, store, key, batch)
+    return f
+
+
+def is_cancelled(batch: str, fresh: bool = False, wait: bool = True) -> bool:
     """Whether ``batch`` carries a cancel marker. While a process works on a batch it asks
     the store twice a second in the background and answers from the last reply (no task
-    waits on the store for it); a reply older than 5 s, or ``fresh``, is asked for now."""
+    waits on the store for it); a reply older than 5 s (or none yet) is waited for, and
+    ``fresh`` asks now. ``wait=False``: never wait; without a recent reply, start asking
+    and answer False (a task's first check, while its images are read; the check before
+    its first mini-batch waits for the reply)."""
     store = open_store()
     key = (store.uri, batch)
+    if fresh:
+        return _ask(store, key, batch)
     hit = _SEEN.get(key)
     age = time.monotonic() - hit[0] if hit else None
-    if age is None or fresh or age >= _STALE:
-        return _ask(store, key, batch)
+    if age is None or age >= _STALE:
+        asked = _ask_in_background(store, key, batch)
+        return asked.result() if wait else False
     if age >= _TTL:
-        with _lock:
-            start = key not in _asking
-            _asking.add(key)
-        if start:
-            _ASK.submit(_ask, store, key, batch)
+        _ask_in_background(store, key, batch)
     return hit[1]
 
 

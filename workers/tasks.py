@@ -69,7 +69,7 @@ def _header(task: StageTask, chunk: Chunk, stage: str, name: str) -> dict:
     r0 = store_retries()
     lost = control.poisoned(task)  # counts this delivery: call first
     try:
-        if control.is_cancelled(chunk.batch):
+        if control.is_cancelled(chunk.batch, wait=False):  # run_stage checks again
             out = StagePartial(stage=key, cancelled=True)
         elif lost:
             out = StagePartial.failed(key, chunk.items, lost)

@@ -62,7 +62,7 @@ def reuse_keys(chunk: Chunk, stage: str, name: str, ref: str | None = None
 def run_stage(chunk: Chunk, stage: str, name: str) -> StagePartial:
     """Run backend ``stage``/``name`` over the chunk's good images in mini-batches. Outputs
     an earlier run kept for the same image, model and options are reused (``reuse.py``);
-    between mini-batches a cancelled batch raises :class:`workers.control.Cancelled`. The
+    before each mini-batch a cancelled batch raises :class:`workers.control.Cancelled`. The
     first mini-batch runs as soon as its images are read; once all are, the next chunk is
     read ahead while the model runs (``prefetch.py``)."""
     from workers.pipeline import prefetch, reuse
@@ -143,7 +143,7 @@ def run_sliced(backend, key: str, cols: list, kwargs: dict, batch: str,
 def run_parts(backend, key: str, parts: Iterable[list], kwargs: dict, batch: str,
               on_part: Callable[[int, list], None] | None = None) -> tuple[list, float]:
     """:func:`run_isolated` on each mini-batch (a list of columns; ``parts`` may be a
-    generator that fills them as their inputs arrive), checking between them whether
+    generator that fills them as their inputs arrive), checking before each whether
     ``batch`` was cancelled (raises ``Cancelled``). ``on_part(start, outputs)`` is called with
     each mini-batch's outputs as it is done (the generator starts storing them while the next
     one runs). Returns every output and the model's milliseconds per item."""
@@ -151,9 +151,8 @@ def run_parts(backend, key: str, parts: Iterable[list], kwargs: dict, batch: str
 
     outs: list = []
     ms = 0.0
-    for k, part in enumerate(parts):
-        if k:
-            control.check(batch)
+    for part in parts:
+        control.check(batch)
         got, per = run_isolated(backend, key, part, kwargs)
         if on_part:
             on_part(len(outs), got)
