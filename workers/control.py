@@ -7,8 +7,8 @@ often a task's worker died while running it (poison chunks).
                                 cancelled chunk writes no records, so a later resume runs
                                 exactly the items that have none.
 
-Deliveries are counted in the result backend's Redis (``INCR`` on a key per task id, with an
-expiry): Celery's ``redelivered`` flag only says "at least once".
+Redeliveries are counted in the result backend's Redis (``INCR`` on a key per task id, with
+an expiry): Celery's ``redelivered`` flag only says "at least once".
 """
 from __future__ import annotations
 
@@ -93,25 +93,27 @@ def _redis(app):
 
 
 def delivery(task) -> int:
-    """Count one more delivery of ``task``'s message; return how many times its worker died
-    while running it so far (deliveries that ended neither in success nor in a Celery retry).
-    0 without Redis (eager mode)."""
+    """How many times ``task``'s worker died while running it so far: its redeliveries (a
+    message that ended neither in success nor in a Celery retry comes back marked
+    ``redelivered``: kombu's Redis transport marks each message it restores, RabbitMQ its
+    requeued ones). The flag only says "at least once", so each redelivery is counted in
+    Redis; a first delivery (a Celery retry is one too) costs no request. 0 without Redis
+    (eager mode)."""
     app = task.app
-    if app.conf.task_always_eager:
+    if app.conf.task_always_eager or not (task.request.delivery_info or {}).get("redelivered"):
         return 0
     client = _redis(app)
     if client is None:
         return 0
-    key = f"itx:deliveries:{task.request.id}"
+    key = f"itx:redeliveries:{task.request.id}"
     try:
         with client.pipeline() as p:
             p.incr(key)
             p.expire(key, 7 * 24 * 3600)
-            n = int(p.execute()[0])
+            return int(p.execute()[0])
     except Exception as e:  # Redis trouble must not stop the work
         log.warning("could not count deliveries of %s: %s", task.request.id, e)
         return 0
-    return max(0, n - 1 - (task.request.retries or 0))
 
 
 def poisoned(task) -> str | None:
