@@ -96,7 +96,7 @@ def _cancelled(batch: str, chunk: int, n: int) -> dict:
     return ChunkSummary(batch=batch, chunk=chunk, done=0, failed=0, ids=[], cancelled=n).dump()
 
 
-@app.task(name="itx.stage", **LIGHT)
+@app.task(name="itx.stage", ignore_result=True, **LIGHT)
 def stage(self, msg: dict, stage: str, name: str) -> dict:
     """One header stage (ocr, caption, vqa, …) of one chunk; its queue comes from the table."""
     return _header(self, load_chunk(msg), stage, name)
