@@ -18,10 +18,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import urllib.request
 from collections import Counter
-from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 try:
@@ -79,7 +77,7 @@ def main(quick: bool = False) -> dict:
     from tests.s3fixture import DUMMY_CREDENTIALS, moto_server
 
     n = 128 if quick else 1024
-    tmp = Path(tempfile.mkdtemp(prefix="itx-bench-broker-"))
+    tmp = C.tmpdir("itx-bench-broker-")
     C.write_images(tmp / "warm", CHUNK, start=20_000)
     C.write_images(tmp / "in", n)
     rec_file = tmp / "moto-recording.jsonl"

@@ -8,10 +8,13 @@ into ``benchmarks/results.json``.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +41,14 @@ console = Console(highlight=False)
 # The stage options of the cluster benchmarks: every light stage and a generator, all tiny.
 SPEC_OPTS = ["--profile", "tiny-random", "--ocr", "rapidocr", "--captioners", "blip,git,vit-gpt2",
              "--vqa", "what is this?", "--generator", "sd", "--size", "64x64", "--steps", "4"]
+
+
+def tmpdir(prefix: str) -> Path:
+    """A scratch folder, removed when the benchmark's process exits (SIGTERM included: the
+    benchmarks turn it into SystemExit)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def worker_base_env(**extra) -> dict:

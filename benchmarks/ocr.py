@@ -25,7 +25,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -147,7 +146,7 @@ def main(quick: bool = False) -> dict:
     easy_sides = [512] * n_easy if quick else SIDES[:n_easy]
     sides = {"rapidocr": SIDES[:n_rapid], "easyocr": easy_sides}
     repeats = 1 if quick else 3
-    tmp = Path(tempfile.mkdtemp(prefix="itx-bench-ocr-"))
+    tmp = C.tmpdir("itx-bench-ocr-")
     easy_dir = str(write_easyocr_full(tmp / "easyocr"))
     ctx = mp.get_context("spawn")  # a fresh interpreter: no torch threads inherited
     procs = []

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -108,7 +107,7 @@ def main(quick: bool = False) -> dict:
 
     n = 96 if quick else 512
     repeats = 3 if quick else 5  # light runs, cluster and direct alternated: median, spread
-    tmp = Path(tempfile.mkdtemp(prefix="itx-bench-overhead-"))
+    tmp = C.tmpdir("itx-bench-overhead-")
     store = tmp / "store"
     C.write_images(tmp / "warm", CHUNK, start=10_000)
     C.write_images(tmp / "in", n)

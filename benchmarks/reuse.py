@@ -15,9 +15,7 @@ took from ``reuse/`` (target: all of them, 1.0).
 from __future__ import annotations
 
 import os
-import tempfile
 import time
-from pathlib import Path
 
 try:
     from benchmarks import common as C
@@ -41,7 +39,7 @@ def main(quick: bool = False) -> dict:
         dict(ocr="rapidocr", captioners=["blip", "git"])
     base = dict(profile="tiny-random", vqa=["what is this?"], edits=["template:{caption}"],
                 **stages, **gen)
-    tmp = Path(tempfile.mkdtemp(prefix="itx-bench-reuse-"))
+    tmp = C.tmpdir("itx-bench-reuse-")
     C.write_images(tmp / "warm", 2, start=90_000)
     C.write_images(tmp / "in", n)
     out = tmp / "out"

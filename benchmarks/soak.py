@@ -10,10 +10,8 @@ RSS at the end against the RSS right after warm-up.
 """
 from __future__ import annotations
 
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 try:
     from benchmarks import common as C
@@ -34,7 +32,7 @@ def main(quick: bool = False) -> dict:
     from tests.cluster import Worker, redis_server
 
     n, warm = (640, 160) if quick else (N, WARM)
-    tmp = Path(tempfile.mkdtemp(prefix="itx-bench-soak-"))
+    tmp = C.tmpdir("itx-bench-soak-")
     store = tmp / "store"
     C.write_images(tmp / "warm", warm, start=50_000, size=(32, 32))
     C.write_images(tmp / "soak", n, size=(32, 32))

@@ -102,7 +102,7 @@ def stage_once(ref: str, store_dir: Path) -> dict:
 
 def main(quick: bool = False) -> dict:
     shards, samples = QUICK if quick else (SHARDS, SAMPLES)
-    tmp = Path(tempfile.mkdtemp(prefix="itx-bench-staging-"))
+    tmp = C.tmpdir("itx-bench-staging-")
     try:
         t = time.perf_counter()
         sd, fd = write_data(tmp, shards, samples)

@@ -74,7 +74,7 @@ def main(quick: bool = False) -> dict:
     from tests.cluster import redis_server, worker_env
     from tests.s3fixture import DUMMY_CREDENTIALS, moto_server
 
-    tmp = Path(tempfile.mkdtemp(prefix="itx-bench-submit-"))
+    tmp = C.tmpdir("itx-bench-submit-")
     manifest = tmp / "manifest.jsonl"
     n = N // 5 if quick else N  # 20,000 lines: steady rate, a fifth of the time
     write_manifest(manifest, n)
