@@ -1,5 +1,6 @@
 """Issue 12's models for ``benchmarks/gpu.py``: Florence-2, SmolVLM, Qwen2.5-VL, SD-Turbo,
-SDXL-Turbo and FLUX.1 [schnell], at full size with random weights (the IF cascade's stages II
+SDXL-Turbo and FLUX.1 [schnell], and SDXL base's architecture at 1024 px 30 steps (issue 15),
+at full size with random weights (the IF cascade's stages II
 and III are not here yet).
 
 Each checkpoint starts as the tiny-random one (``workers/models/tiny``: processor, tokenizer,
@@ -12,56 +13,67 @@ one-input-per-call loop against itx's batched half-precision backend, on the sam
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import gpu  # benchmarks/gpu.py: photos, timed, free, NEW_TOKENS, PROMPT
 
-CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-              num_attention_heads=12, projection_dim=768, vocab_size=49408, hidden_act="quick_gelu")
-CLIP_H = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
-              num_attention_heads=16, projection_dim=1024, vocab_size=49408, hidden_act="gelu")
-CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-              num_attention_heads=20, projection_dim=1280, vocab_size=49408, hidden_act="gelu")
-T5_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, vocab_size=32128,
-              relative_attention_num_buckets=32, feed_forward_proj="gated-gelu")
-VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
-           down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-SDXL_UNET = dict(sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
-                 transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
-                 cross_attention_dim=2048, addition_embed_type="text_time",
-                 addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-                 use_linear_projection=True, norm_num_groups=32,
-                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
-SD21_UNET = dict(sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
-                 attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
-                 use_linear_projection=True, norm_num_groups=32,
-                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+
+def _kw(**kw) -> dict:
+    """Keyword arguments as a dict (the configs below read like the constructors' calls)."""
+    return kw
+
+
+CLIP_L = _kw(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+             num_attention_heads=12, projection_dim=768, vocab_size=49408, hidden_act="quick_gelu")
+CLIP_H = _kw(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+             num_attention_heads=16, projection_dim=1024, vocab_size=49408, hidden_act="gelu")
+CLIP_G = _kw(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+             num_attention_heads=20, projection_dim=1280, vocab_size=49408, hidden_act="gelu")
+T5_XXL = _kw(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, vocab_size=32128,
+             relative_attention_num_buckets=32, feed_forward_proj="gated-gelu")
+VAE = _kw(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
+          down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+SDXL_UNET = _kw(sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+                transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
+                cross_attention_dim=2048, addition_embed_type="text_time",
+                addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+                use_linear_projection=True, norm_num_groups=32,
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
+SD21_UNET = _kw(sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+                attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
+                use_linear_projection=True, norm_num_groups=32,
+                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
 # VLMs: text / vision overrides of the tiny configs, and the processor at the real resolution
 VLM = {
-    "florence-2": (dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
-                        decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072,
-                        max_position_embeddings=1024, vocab_size=51289),
-                   dict(depths=(1, 1, 9, 1), patch_size=(7, 3, 3, 3), patch_stride=(4, 2, 2, 2),
-                        patch_padding=(3, 1, 1, 1), patch_prenorm=(False, True, True, True),
-                        embed_dim=(128, 256, 512, 1024), num_heads=(4, 8, 16, 32),
-                        num_groups=(4, 8, 16, 32), window_size=12, projection_dim=768,
-                        max_position_embeddings=50)),
-    "smolvlm": (dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                     num_attention_heads=9, num_key_value_heads=3, vocab_size=49280),
-                dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                     num_attention_heads=12, image_size=512, patch_size=16)),
-    "qwen2.5-vl": (dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                        num_attention_heads=16, num_key_value_heads=2, vocab_size=151936,
-                        rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24],
-                                         "rope_theta": 1e6}),
-                   dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
-                        out_hidden_size=2048, window_size=112, fullatt_block_indexes=[7, 15, 23, 31])),
+    "florence-2": (_kw(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+                       decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072,
+                       max_position_embeddings=1024, vocab_size=51289),
+                   _kw(depths=(1, 1, 9, 1), patch_size=(7, 3, 3, 3), patch_stride=(4, 2, 2, 2),
+                       patch_padding=(3, 1, 1, 1), patch_prenorm=(False, True, True, True),
+                       embed_dim=(128, 256, 512, 1024), num_heads=(4, 8, 16, 32),
+                       num_groups=(4, 8, 16, 32), window_size=12, projection_dim=768,
+                       max_position_embeddings=50)),
+    "smolvlm": (_kw(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3, vocab_size=49280),
+                _kw(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                    num_attention_heads=12, image_size=512, patch_size=16)),
+    "qwen2.5-vl": (_kw(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                       num_attention_heads=16, num_key_value_heads=2, vocab_size=151936,
+                       rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24],
+                                        "rope_theta": 1e6}),
+                   _kw(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                       out_hidden_size=2048, window_size=112,
+                       fullatt_block_indexes=[7, 15, 23, 31])),
 }
-GEN = {"sd-turbo": ("sd-turbo", 512, 1), "sdxl-turbo": ("sdxl-turbo", 512, 1),
-       "flux-schnell": ("flux-schnell", 1024, 4)}
+# name: (backend whose checkpoint layout it takes, size, steps, guidance). "sdxl" is SDXL base's
+# architecture (the same UNet as SDXL-Turbo) at 1024 px, 30 steps, with guidance (2 UNet rows
+# per image), the figure issue 15 asks for beside MLPerf's
+GEN = {"sd-turbo": ("sd-turbo", 512, 1, 0.0), "sdxl-turbo": ("sdxl-turbo", 512, 1, 0.0),
+       "sdxl": ("sdxl-turbo", 1024, 30, 5.0), "flux-schnell": ("flux-schnell", 1024, 4, 0.0)}
 
 
 def _ids(tok) -> dict:
@@ -97,6 +109,7 @@ def _full_vlm(name: str, path: Path, device: str) -> None:
 
 
 def _full_pipe(name: str, path: Path, device: str) -> None:
+    name = GEN[name][0]
     import diffusers
     import torch
     import transformers
@@ -138,7 +151,7 @@ def bench_new(name: str, a, device: str, half, root: Path) -> dict:
 
     t = time.perf_counter()
     stage, backend = ("generate", GEN[name][0]) if name in GEN else ("caption", name)
-    path = build(table.get(stage, backend).refs["tiny-random"].split("/", 1)[1], root)
+    path = build(table.get(stage, backend).refs["tiny-random"].split("/", 1)[1], root / name)
     if not a.smoke:
         (_full_vlm if stage == "caption" else _full_pipe)(name, path, device)
     build_s = time.perf_counter() - t
@@ -160,34 +173,46 @@ def bench_new(name: str, a, device: str, half, root: Path) -> dict:
         one = lambda b, j: b.run([imgs[j]], batch_size=1)
         extra = {}
     else:
-        size, steps = (64, 2) if a.smoke else GEN[name][1:]
+        size, steps, guidance = GEN[name][1:]
+        size, steps = (64, 2) if a.smoke else (size, steps)
         n_loop, n_batch = (1, 2) if a.smoke else (a.gen_loop_images, a.gen_batch_images)
         prompts = [f"{gpu.PROMPT}, number {i}" for i in range(max(n_loop, n_batch))]
-        kw = {"width": size, "height": size, "steps": steps, "guidance_scale": 0.0}
+        kw = {"width": size, "height": size, "steps": steps, "guidance_scale": guidance}
         call = lambda b, k, bs=None: b.run(prompts[:k], None, list(range(k)),
                                            batch_size=bs, **kw)
         one = lambda b, j: b.run([prompts[j]], None, [j], batch_size=1, **kw)
-        extra = {"size": size, "steps": steps}
-    # 1. the model card: fp32, one input per call
-    b = load(torch.float32)
-    one(b, 0)
-    loop_s = gpu.timed(lambda: [one(b, j) for j in range(n_loop)])
-    b = None
-    gpu.free()
-    # 2. itx: half precision, the backend's mini-batches
+        extra = {"size": size, "steps": steps, "guidance": guidance}
+    # 1. the model card: fp32, one input per call (--no-loop: skipped; FLUX in fp32 takes
+    # 67 GB before activations)
+    if not a.no_loop:
+        b = load(torch.float32)
+        one(b, 0)
+        loop_s = gpu.timed(lambda: [one(b, j) for j in range(n_loop)])
+        extra.update(loop_items_per_s=round(n_loop / loop_s, 3), loop_images=n_loop)
+        b = None
+        gpu.free()
+    # 2. itx: half precision, the backend's mini-batches (generators: batch 1 first)
     b = load(half)
+    if stage == "generate":
+        one(b, 0)
+        one_s = gpu.timed(lambda: one(b, 0))
+        extra.update(half_batch1_s_per_image=round(one_s, 3),
+                     half_batch1_it_per_s=round(steps / one_s, 2))
     call(b, min(n_batch, b.max_batch))
     batch_s = gpu.timed(lambda: call(b, n_batch))
     params = sum(p.numel() for m in ([b.model] if stage == "caption" else
                                      [c for c in b.pipe.components.values()
                                       if isinstance(c, torch.nn.Module)])
                  for p in m.parameters()) / 1e6
-    out = {"params_m": round(params, 1), "loop_items_per_s": round(n_loop / loop_s, 3),
-           "batched_items_per_s": round(n_batch / batch_s, 3),
-           "ratio": round((loop_s / n_loop) / (batch_s / n_batch), 2), "mini_batch": b.max_batch,
-           "dtype": str(half), "loop_images": n_loop, "batch_images": n_batch,
+    out = {"params_m": round(params, 1), "batched_items_per_s": round(n_batch / batch_s, 3),
+           "mini_batch": b.max_batch, "dtype": str(half), "batch_images": n_batch,
            "build_s": round(build_s, 1), **extra}
+    if "loop_items_per_s" in out:
+        out["ratio"] = round(out["batched_items_per_s"] / out["loop_items_per_s"], 2)
+    if stage == "generate":  # denoising iterations per second of one image, batched
+        out["image_it_per_s"] = round(out["batched_items_per_s"] * steps, 1)
     b = None
     gpu.free()
+    shutil.rmtree(root / name, ignore_errors=True)  # FLUX's checkpoint takes 34 GB of disk
     json.dumps(out)
     return out

@@ -38,6 +38,21 @@ class Settings(BaseSettings):
     # GPU only while it runs (diffusers' enable_model_cpu_offload); "off" keeps all loaded;
     # "auto" offloads a pipeline whose weights take over half the GPU
     generate_offload: Literal["auto", "on", "off"] = "auto"
+    # generator fast paths (workers/stages/generate/diffusion.py; benchmarks/gpu.py --sd-fast
+    # measures each). Fused QKV: one projection matmul per attention for q, k, v (k, v in
+    # cross-attention), denoiser and VAE: the same maths; "auto" fuses on CUDA only
+    generate_fuse_qkv: Literal["auto", "on", "off"] = "auto"
+    # channels-last memory format on CUDA: the denoiser, the denoiser and the VAE, or neither
+    generate_channels_last: Literal["denoiser", "all", "off"] = "denoiser"
+    # torch.compile on CUDA: the denoiser, or the denoiser and the VAE decoder (slow first
+    # call per batch shape); the mode "reduce-overhead" adds CUDA graphs
+    generate_compile: Literal["off", "denoiser", "all"] = "off"
+    generate_compile_mode: Literal["default", "reduce-overhead", "max-autotune",
+                                   "max-autotune-no-cudagraphs"] = "default"
+    # captioners (blip, vit-gpt2): a static KV cache in generate (the same captions); with
+    # caption_compile also generate's compiled decoder step on CUDA (implies the static cache)
+    caption_static_cache: bool = False
+    caption_compile: bool = False
     preload: bool = False  # load this pool's models when a worker process starts
     models_uri: str = ""  # s3://bucket/models: the set `itx models pull --from` reads (k8s init)
     # trusted models only (workers/models/trust.py, docs/security.md)

@@ -8,6 +8,7 @@ once per mini-batch, never per image.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, ClassVar
 
@@ -21,6 +22,10 @@ log = logging.getLogger(__name__)
 # Models whose checkpoints caption from the image alone (prompt optional).
 # Anything else with a chat template (LLaVA-style) is asked ``chat_prompt``.
 IMAGE_ONLY = {"blip", "blip-2", "git", "vision-encoder-decoder", "pix2struct", "kosmos-2"}
+# Architectures whose captions stay the same with a static KV cache (ITX_CAPTION_STATIC_CACHE;
+# tests/test_gpu_bench.py). GIT's generate fails with one (transformers 5.25): it keeps its
+# dynamic cache.
+STATIC_CACHE = {"blip", "vision-encoder-decoder"}
 
 
 def rgb(images: list[Image.Image]) -> list[Image.Image]:
@@ -124,11 +129,36 @@ class ImageToText(Backend):
         # 2. one generate call for the mini-batch
         kw = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
               "do_sample": False, **generate_kwargs}
-        out = self.model.generate(**inputs, **kw)
+        out = self.model.generate(**inputs, **kw, **self._cache_kwargs(inputs, kw))
         # 3. decode (a chat model echoes its question first: drop it)
         if self.chat:
             out = out[:, inputs["input_ids"].shape[1]:]
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def _cache_kwargs(self, inputs: dict, kw: dict) -> dict[str, Any]:
+        """``ITX_CAPTION_STATIC_CACHE``: generate with a static KV cache (fixed shapes);
+        ``ITX_CAPTION_COMPILE``: that, and generate's compiled decoder step (CUDA only:
+        transformers compiles the forward of a static-cache generate on GPUs)."""
+        from workers.settings import get_settings
+
+        s = get_settings()
+        if not (s.caption_static_cache or s.caption_compile) or self.model_type not in STATIC_CACHE:
+            return {}
+        out: dict[str, Any] = {"disable_compile": not s.caption_compile}
+        if self.model_type != "blip":
+            return {**out, "cache_implementation": "static"}
+        # BLIP's text decoder needs its cross-attention keys (the image's) in a cache of their
+        # own, or they land in the static self-attention cache: static for the text, dynamic
+        # (filled once, at the first step) for the image; one fixed length across calls
+        from transformers import DynamicCache, EncoderDecoderCache, StaticCache
+
+        cfg = self.model.config.text_config
+        prompt = inputs["input_ids"].shape[1] if "input_ids" in inputs else 1
+        length = -(-(prompt + kw["max_new_tokens"]) // 32) * 32
+        cache = EncoderDecoderCache(StaticCache(config=cfg, max_cache_len=length),
+                                    DynamicCache(config=cfg))
+        params = inspect.signature(self.model.text_decoder.forward).parameters
+        return {**out, ("cache" if "cache" in params else "past_key_values"): cache}
 
     def _inputs(self, images: list[Image.Image]) -> dict[str, Any]:
         n = len(images)

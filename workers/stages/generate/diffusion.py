@@ -32,8 +32,6 @@ class Diffusion(Backend):
     pipeline_class: ClassVar[str] = "AutoPipelineForText2Image"  # a diffusers class name
     # keep the checkpoint's safety checker (and IF's watermarker) when it ships one
     safety_checker: ClassVar[bool] = True
-    # torch.compile the denoiser on CUDA (slow first call, faster after; off by default)
-    compile: ClassVar[bool] = False
 
     pipe: Any = None
 
@@ -59,16 +57,14 @@ class Diffusion(Backend):
 
     def setup(self, pipe, device: str) -> None:
         pipe.set_progress_bar_config(disable=True)
+        fuse_qkv(pipe, device)  # before the move: the fused layers are made where the weights are
         if offload(device, pipe):  # each sub-model on the GPU only while it runs
             pipe.enable_model_cpu_offload(device=device)
         else:
             pipe.to(device)
         # SDPA attention is diffusers' default on torch 2; no attention slicing (it costs speed)
-        name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
-        if device.startswith("cuda") and getattr(pipe, name, None) is not None:
-            setattr(pipe, name, getattr(pipe, name).to(memory_format=torch.channels_last))
-            if self.compile:
-                setattr(pipe, name, torch.compile(getattr(pipe, name)))
+        if device.startswith("cuda"):
+            cuda_fast_paths(pipe)
         self.pipe = pipe
 
     # --- one mini-batch -------------------------------------------------------------------
@@ -114,8 +110,8 @@ class Diffusion(Backend):
 
     def pipe_kwargs(self, prompts: list[str], images, *, width: int, height: int, steps: int,
                     strength: float, guidance_scale: float) -> dict:
-        return dict(prompt=prompts, width=width, height=height, num_inference_steps=steps,
-                    guidance_scale=guidance_scale)
+        return {"prompt": prompts, "width": width, "height": height,
+                "num_inference_steps": steps, "guidance_scale": guidance_scale}
 
     def finish(self, image: Image.Image, width: int, height: int) -> Image.Image:
         """The pipeline's image at exactly width x height (a family whose native grid is
@@ -157,3 +153,58 @@ def offload(device: str, pipe) -> bool:
     weights = sum(p.numel() * p.element_size() for m in pipe.components.values()
                   if isinstance(m, torch.nn.Module) for p in m.parameters())
     return weights > torch.cuda.get_device_properties(torch.device(device)).total_memory / 2
+
+
+def denoiser(pipe) -> str:
+    """The pipeline's denoiser attribute: ``unet``, or ``transformer`` (FLUX, SD3)."""
+    return "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+
+
+def fuse_qkv(pipe, device: str) -> list[str]:
+    """``ITX_GENERATE_FUSE_QKV``: each attention's q, k, v projections (k, v where it attends
+    to the text) become one matmul, in the denoiser and the VAE; the same maths, one kernel
+    instead of three. Models with added KV projections (IF's UNet) stay as they are. Returns
+    the components fused; a component shared with another pipeline (img2img) is fused once."""
+    from workers.settings import get_settings
+
+    mode = get_settings().generate_fuse_qkv
+    if mode == "off" or (mode == "auto" and not device.startswith("cuda")):
+        return []
+    done = []
+    for name in (denoiser(pipe), "vae"):
+        model = getattr(pipe, name, None)
+        if model is None or not hasattr(model, "fuse_qkv_projections"):
+            continue
+        if not getattr(model, "_itx_fused", False):
+            try:
+                model.fuse_qkv_projections()
+            except ValueError as e:  # "not supported for models having added KV projections"
+                log.info("generate: %s keeps separate q/k/v projections (%s)", name, e)
+                continue
+            model._itx_fused = True
+        done.append(name)
+    return done
+
+
+def cuda_fast_paths(pipe) -> None:
+    """``ITX_GENERATE_CHANNELS_LAST`` (denoiser, or denoiser and VAE) and ``ITX_GENERATE_COMPILE``
+    (torch.compile of the denoiser, or of the denoiser and the VAE decoder, in
+    ``ITX_GENERATE_COMPILE_MODE``). CUDA only; a component shared with another pipeline is
+    compiled once."""
+    from workers.settings import get_settings
+
+    s = get_settings()
+    name, vae = denoiser(pipe), getattr(pipe, "vae", None)
+    net = getattr(pipe, name, None)
+    if net is None:
+        return
+    if s.generate_channels_last != "off":
+        net = net.to(memory_format=torch.channels_last)
+        if s.generate_channels_last == "all" and vae is not None:
+            vae.to(memory_format=torch.channels_last)
+    if s.generate_compile != "off":
+        if not hasattr(net, "_orig_mod"):  # not compiled yet
+            net = torch.compile(net, mode=s.generate_compile_mode)
+        if s.generate_compile == "all" and vae is not None and "decode" not in vars(vae):
+            vae.decode = torch.compile(vae.decode, mode=s.generate_compile_mode)
+    setattr(pipe, name, net)
