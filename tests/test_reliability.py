@@ -371,6 +371,20 @@ def test_a_light_workers_memory_plateaus_over_a_stream_of_large_images(rl, tmp_p
     assert last < 1536 * 1024
 
 
+def test_large_blocks_go_back_to_the_os():
+    """What keeps the plateau above flat: glibc maps blocks of ITX_MALLOC_MMAP_THRESHOLD bytes
+    and more on their own (M_MMAP_THRESHOLD), so a freed image returns to the OS."""
+    import resource
+
+    from workers.pipeline.read import return_large_blocks
+
+    assert return_large_blocks(1 << 20) and not return_large_blocks(0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):  # each 8 MiB block is a fresh mapping, its pages faulted in anew
+        bytearray(8 << 20)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before > 20 * 1000
+
+
 # --- scaling in and out mid-batch (what KEDA does) --------------------------------------------
 def busy(w: Worker) -> bool:
     log = w.output()

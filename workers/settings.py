@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     routes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     # decoded images a worker process keeps for the other stages of the same chunk, in bytes
     image_cache_bytes: int = 512 * 1024 * 1024
+    # glibc: blocks of this many bytes and more (decoded images) get their own mapping and go
+    # back to the OS when freed; 0 keeps glibc's sliding threshold, under which a worker's RSS
+    # crept up over a stream of large images (workers/pipeline/read.py)
+    malloc_mmap_threshold: int = 1024 * 1024
     # while a chunk computes, read the next one this process will likely run (ledger, images,
     # stage-reuse lookups); reuse entries are written in the background
     prefetch: bool = True

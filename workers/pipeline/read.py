@@ -10,8 +10,10 @@ kept too (bounded in bytes), so stages of the same chunk decode each image once.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -69,6 +71,21 @@ def image_bytes(img) -> int:
     return w * h * max(1, len(img.getbands())) + 256
 
 
+def return_large_blocks(threshold: int) -> bool:
+    """Have glibc serve allocations of ``threshold`` bytes and more (a decoded image, its
+    tensors) from mappings of their own, unmapped when freed (``mallopt(M_MMAP_THRESHOLD)``).
+    By default glibc raises that threshold to the size of each large block freed, so later
+    images come from the heap, which fragments and does not shrink: over a stream of 13 MB
+    images a worker's RSS kept growing 5-10 % instead of levelling off. No-op off glibc."""
+    if threshold <= 0 or not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold)))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+return_large_blocks(get_settings().malloc_mmap_threshold)  # this process and its forks
 _MISS = object()
 IMAGES = Lru(get_settings().image_cache_bytes, image_bytes)  # image URI -> image | ItemError
 # (store, key, nonce) -> a chunk, partial or state read or written here, counted as
