@@ -67,7 +67,7 @@ def _header(task: StageTask, chunk: Chunk, stage: str, name: str) -> dict:
     retry, gives error partials, so the chord goes on and every item still gets its record."""
     key = f"{stage}:{name}"
     r0 = store_retries()
-    lost = control.poisoned(task)  # counts this delivery: call first
+    lost = control.poisoned(task)  # counts a redelivery: call first
     try:
         if control.is_cancelled(chunk.batch, wait=False):  # run_stage checks again
             out = StagePartial(stage=key, cancelled=True)

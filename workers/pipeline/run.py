@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 
 from workers.images import ItemError
@@ -78,10 +78,8 @@ def run_stage(chunk: Chunk, stage: str, name: str) -> StagePartial:
         partial.ms[i] = 0.0
         partial.reused.append(i)
     todo = [it for it in chunk.items if it.id not in hits]
-    # the good images in order, each as soon as it is read (the others' errors go in the
-    # partial): the first mini-batch runs while the rest of the chunk is still being read
-    decoded = (x for x in stream_images(todo, when_read=lambda: prefetch.ahead(chunk))
-               if not _failed(partial, *x))
+    # the first mini-batch runs while the rest of the chunk is still being read
+    decoded = _decoded(todo, partial, when_read=lambda: prefetch.ahead(chunk))
     first = next(decoded, None)
     if first is None:
         return partial
@@ -122,12 +120,15 @@ def run_stage(chunk: Chunk, stage: str, name: str) -> StagePartial:
     return partial  # compose keeps the fresh outputs for reuse
 
 
-def _failed(partial: StagePartial, item: Item, img) -> bool:
-    """Whether ``item``'s image could not be read or decoded (its error goes in the partial)."""
-    if isinstance(img, ItemError):
-        partial.errors[item.id] = str(img)
-        return True
-    return False
+def _decoded(items: list[Item], partial: StagePartial, when_read: Callable[[], None]
+             ) -> Iterator[tuple[Item, object]]:
+    """The items whose image was read and decoded, with it, in order, each as soon as it is
+    in memory (``stream_images``); the others' errors go in the partial."""
+    for it, img in stream_images(items, when_read):
+        if isinstance(img, ItemError):
+            partial.errors[it.id] = str(img)
+        else:
+            yield it, img
 
 
 def run_sliced(backend, key: str, cols: list, kwargs: dict, batch: str,
